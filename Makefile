@@ -1,0 +1,30 @@
+# Two commands for a fresh clone:
+#   make run    the product, with an embedded PostgreSQL, restate-server, demo services and traffic
+#   make test   the whole test suite (what CI runs)
+PY := .venv/bin/python
+STAMP := .venv/.installed
+
+.PHONY: run test lint bench setup clean-data
+
+$(STAMP): requirements.txt package.json package-lock.json
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(PY) manage.py run_stack
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.sync_bench
+
+clean-data:
+	rm -rf data

@@ -1,0 +1,193 @@
+"""Settings, all from the environment. A bad value stops startup with a message
+naming the variable, rather than surfacing later as a confusing runtime error."""
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("DASHBOARD_DATA_DIR", BASE_DIR / "data"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r}: expected one of 1/0, true/false, yes/no, on/off")
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected a number") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={raw!r}: must be >= {minimum}")
+    return value
+
+
+def env_int(name: str, default: int, *, minimum: int = 1) -> int:
+    value = env_float(name, default, minimum=minimum)
+    if value != int(value):
+        raise ImproperlyConfigured(f"{name}={os.environ[name]!r}: expected a whole number")
+    return int(value)
+
+
+def env_http_url(name: str, default: str) -> str:
+    raw = os.environ.get(name) or default
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected an http(s) URL such as {default}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r}: the port is not a number") from None
+    return raw.rstrip("/")
+
+
+def database_from_url(url: str) -> dict:
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL scheme {parts.scheme!r}: only postgres:// or postgresql:// is supported"
+        )
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    host = query.pop("host", None) or parts.hostname or ""
+    name = unquote(parts.path.lstrip("/"))
+    if not name:
+        raise ImproperlyConfigured("DATABASE_URL names no database (expected .../dbname)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ImproperlyConfigured("DATABASE_URL has a port that is not a number") from None
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name,
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": host,
+        "PORT": str(port or ""),
+        "OPTIONS": query,
+        "CONN_MAX_AGE": 0,
+    }
+
+
+def secret_key() -> str:
+    if key := os.environ.get("SECRET_KEY"):
+        return key
+    # Local use only: a key generated once and kept beside the data, so sessions
+    # survive restarts without anyone having to invent a secret.
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = secret_key()
+ALLOWED_HOSTS = [
+    h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()
+]
+
+if database_url := os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": database_from_url(database_url)}
+else:
+    from dashboard.embedded_postgres import ensure_running
+
+    DATABASES = {"default": database_from_url(ensure_running(DATA_DIR / "postgres"))}
+
+# Restate. When RESTATE_ADMIN_URL is unset we talk to the embedded restate-server
+# that the run command starts on these ports; setting it means "my own cluster".
+RESTATE_EMBEDDED = not os.environ.get("RESTATE_ADMIN_URL")
+RESTATE_ADMIN_URL = env_http_url("RESTATE_ADMIN_URL", "http://127.0.0.1:19070")
+RESTATE_INGRESS_URL = env_http_url("RESTATE_INGRESS_URL", "http://127.0.0.1:18080")
+# Restate's query service has no timeout of its own.
+RESTATE_TIMEOUT_S = env_float("RESTATE_TIMEOUT_S", 30.0, minimum=0.1)
+
+# Sync engine tuning (see DESIGN.md "measured facts" for why each exists).
+SYNC_PAGE_ROWS = env_int("SYNC_PAGE_ROWS", 2000)
+SYNC_OVERLAP_S = env_float("SYNC_OVERLAP_S", 5.0)
+SYNC_MIN_INTERVAL_S = env_float("SYNC_MIN_INTERVAL_S", 0.5)
+SYNC_MAX_INTERVAL_S = env_float("SYNC_MAX_INTERVAL_S", 10.0)
+SYNC_RECONCILE_EVERY_S = env_float("SYNC_RECONCILE_EVERY_S", 180.0)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "template_partials",
+    "channels",
+    "invocations",
+    "demo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "dashboard.urls"
+ASGI_APPLICATION = "dashboard.asgi.application"
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/admin/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "staticfiles"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"httpx": {"level": "WARNING"}},
+}

@@ -1,0 +1,248 @@
+"""Pure functions from Restate's rows to our model instances. No I/O here:
+tests feed literal rows in the shape `/query` returns them.
+
+A row may come from the JSON format (timestamps as strings, null columns left
+out) or from Arrow (aware datetimes); both are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from invocations.models import (
+    Deployment,
+    EdgeKind,
+    Invocation,
+    InvocationEdge,
+    JournalEntry,
+    ObjectLock,
+    QueuedInvocation,
+    Service,
+    WorkflowPromise,
+)
+
+Row = dict[str, Any]
+
+# The sys_invocation columns we mirror. scheduled_at must stay in the list:
+# Restate returns scheduled_start_at as null unless scheduled_at is selected too.
+INVOCATION_COLUMNS = (
+    "id",
+    "target",
+    "target_service_name",
+    "target_service_key",
+    "target_handler_name",
+    "target_service_ty",
+    "status",
+    "completion_result",
+    "completion_failure",
+    "idempotency_key",
+    "invoked_by",
+    "invoked_by_id",
+    "invoked_by_target",
+    "restarted_from",
+    "pinned_deployment_id",
+    "trace_id",
+    "journal_size",
+    "retry_count",
+    "next_retry_at",
+    "last_failure",
+    "last_failure_error_code",
+    "last_failure_related_command_name",
+    "created_at",
+    "modified_at",
+    "inboxed_at",
+    "scheduled_at",
+    "scheduled_start_at",
+    "running_at",
+    "completed_at",
+    "completion_retention",
+    "journal_retention",
+)
+
+JOURNAL_COLUMNS = ("id", "index", "entry_type", "name", "appended_at", "entry_json", "entry_lite_json")
+EDGE_ENTRY_TYPES = ("Command: Call", "Command: OneWayCall")
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """Restate timestamps: JSON gives naive ISO strings in UTC, Arrow gives datetimes."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    text = str(value).rstrip("Z")
+    # Restate may print nanoseconds; Python keeps microseconds.
+    if "." in text:
+        head, frac = text.split(".", 1)
+        digits = "".join(ch for ch in frac if ch.isdigit())
+        text = f"{head}.{digits[:6]}"
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def epoch_ms_to_datetime(value: Any) -> datetime | None:
+    if value in (None, "", 0):
+        return None
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+def _int(value: Any, default: int | None = 0) -> int | None:
+    if value is None or value == "":
+        return default
+    return int(value)
+
+
+def invocation_from_row(row: Row, *, now: datetime) -> Invocation:
+    parent_id = row.get("invoked_by_id")
+    created_at = parse_timestamp(row["created_at"])
+    modified_at = parse_timestamp(row.get("modified_at")) or created_at
+    return Invocation(
+        id=row["id"],
+        target=row.get("target", ""),
+        service_name=row.get("target_service_name", ""),
+        service_key=row.get("target_service_key"),
+        handler_name=row.get("target_handler_name", ""),
+        service_type=row.get("target_service_ty", ""),
+        status=row["status"],
+        completion_result=row.get("completion_result"),
+        completion_failure=row.get("completion_failure"),
+        idempotency_key=row.get("idempotency_key"),
+        invoked_by=row.get("invoked_by", ""),
+        parent_id=parent_id,
+        invoked_by_target=row.get("invoked_by_target"),
+        # A root is its own root; a child's root is resolved from its ancestors after the upsert.
+        root_id=None if parent_id else row["id"],
+        restarted_from=row.get("restarted_from"),
+        pinned_deployment_id=row.get("pinned_deployment_id"),
+        trace_id=row.get("trace_id"),
+        journal_size=_int(row.get("journal_size")),
+        retry_count=_int(row.get("retry_count")),
+        next_retry_at=parse_timestamp(row.get("next_retry_at")),
+        last_failure=row.get("last_failure"),
+        last_failure_error_code=_int(row.get("last_failure_error_code"), None),
+        last_failure_related_command_name=row.get("last_failure_related_command_name"),
+        created_at=created_at,
+        modified_at=modified_at,
+        inboxed_at=parse_timestamp(row.get("inboxed_at")),
+        scheduled_at=parse_timestamp(row.get("scheduled_at")),
+        scheduled_start_at=parse_timestamp(row.get("scheduled_start_at")),
+        running_at=parse_timestamp(row.get("running_at")),
+        completed_at=parse_timestamp(row.get("completed_at")),
+        completion_retention=row.get("completion_retention"),
+        journal_retention=row.get("journal_retention"),
+        first_seen_at=now,
+        synced_at=now,
+        journal_synced_size=0,
+        gone_from_restate_at=None,
+    )
+
+
+def _load_json(value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (dict, list)):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        # Keep what Restate said even when it is not JSON, rather than drop the entry.
+        return {"unparsed": str(value)}
+
+
+def journal_entry_from_row(row: Row) -> JournalEntry:
+    return JournalEntry(
+        invocation_id=row["id"],
+        index=int(row["index"]),
+        entry_type=row.get("entry_type", ""),
+        name=row.get("name") or None,
+        appended_at=parse_timestamp(row.get("appended_at")),
+        entry=_load_json(row.get("entry_json")),
+        entry_lite=_load_json(row.get("entry_lite_json")),
+    )
+
+
+def _target_parts(target: dict[str, Any]) -> tuple[str, str | None, str]:
+    """`{"VirtualObject": {"name", "key", "handler"}}` and its Service/Workflow siblings."""
+    if not target:
+        return "", None, ""
+    (_kind, fields), *_ = target.items()
+    return fields.get("name", ""), fields.get("key"), fields.get("handler", "")
+
+
+def edge_from_journal_entry(entry: JournalEntry) -> InvocationEdge | None:
+    """The call/send edge a journal entry records, or None for any other entry.
+
+    With journal v2 the typed columns (invoked_id, invoked_target, ...) are null,
+    so everything comes from entry_lite_json.
+    """
+    if entry.entry_type not in EDGE_ENTRY_TYPES or not isinstance(entry.entry_lite, dict):
+        return None
+    command = entry.entry_lite.get("Command", {})
+    is_call = entry.entry_type == "Command: Call"
+    body = command.get("Call" if is_call else "OneWayCall")
+    if not isinstance(body, dict):
+        return None
+    service, key, handler = _target_parts(body.get("invocation_target") or {})
+    fire_at = None if is_call else epoch_ms_to_datetime(body.get("invoke_time"))
+    if is_call:
+        kind = EdgeKind.CALL
+    else:
+        kind = EdgeKind.DELAYED_SEND if fire_at is not None else EdgeKind.SEND
+    return InvocationEdge(
+        caller_id=entry.invocation_id,
+        journal_index=entry.index,
+        callee_id=body.get("invocation_id"),
+        kind=kind,
+        target_service=service,
+        target_key=key,
+        target_handler=handler,
+        created_at=entry.appended_at,
+        fire_at=fire_at,
+    )
+
+
+def queued_from_row(row: Row) -> QueuedInvocation:
+    return QueuedInvocation(
+        invocation_id=row["id"],
+        service_name=row["service_name"],
+        service_key=row.get("service_key", ""),
+        sequence_number=int(row["sequence_number"]),
+        created_at=parse_timestamp(row.get("created_at")),
+    )
+
+
+def lock_from_row(row: Row) -> ObjectLock:
+    return ObjectLock(
+        service_name=row["service_name"], service_key=row.get("service_key", ""), invocation_id=row["invocation_id"]
+    )
+
+
+def promise_from_row(row: Row) -> WorkflowPromise:
+    return WorkflowPromise(
+        service_name=row["service_name"],
+        service_key=row.get("service_key", ""),
+        key=row["key"],
+        completed=bool(row.get("completed", False)),
+        success_value=row.get("completion_success_value_utf8"),
+        failure=row.get("completion_failure"),
+    )
+
+
+def service_from_row(row: Row) -> Service:
+    return Service(
+        name=row["name"],
+        service_type=row.get("ty", ""),
+        revision=_int(row.get("revision")),
+        public=bool(row.get("public", True)),
+        deployment_id=row.get("deployment_id"),
+    )
+
+
+def deployment_from_row(row: Row) -> Deployment:
+    return Deployment(
+        id=row["id"],
+        deployment_type=row.get("ty", ""),
+        endpoint=row.get("endpoint"),
+        created_at=parse_timestamp(row.get("created_at")),
+    )
