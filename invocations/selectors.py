@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.db.models import Q, QuerySet
 
@@ -24,7 +24,8 @@ class Cursor:
     id: str
 
     def encode(self) -> str:
-        return f"{self.created_at.isoformat()}~{self.id}"
+        # UTC with a Z: no "+" that a hand-copied URL would turn into a space.
+        return f"{self.created_at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}~{self.id}"
 
     @classmethod
     def decode(cls, raw: str) -> Cursor:

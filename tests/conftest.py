@@ -1,0 +1,72 @@
+"""Shared fixtures. Integration tests run against a real restate-server with the
+real demo services (started once per session on free ports) and the embedded
+PostgreSQL; nothing here is a fake."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from invocations.restate import RestateClient
+from invocations.sync.engine import StepReport, SyncEngine
+
+
+@pytest.fixture(scope="session")
+def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from demo.stack import DemoStack
+
+    stack = DemoStack.start(tmp_path_factory.mktemp("restate"))
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def restate(demo_stack: Any) -> Iterator[RestateClient]:
+    with RestateClient(demo_stack.admin_url, demo_stack.ingress_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def engine(restate: RestateClient, transactional_db: None) -> SyncEngine:
+    # Reconcile on demand only (tests call engine.reconcile()), so steps stay quick.
+    return SyncEngine(restate, reconcile_every=timedelta(days=1), slow_every=timedelta(0))
+
+
+def sync_until(
+    engine: SyncEngine, condition: Callable[[], bool], *, timeout: float = 60.0, what: str = ""
+) -> StepReport:
+    """Run sync steps until `condition()` holds; fail with `what` if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = engine.sync_once()
+        if condition():
+            return report
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for: {what or condition}")
+        time.sleep(0.3)
+
+
+def wait_for_restate(
+    restate: RestateClient, sql: str, predicate: Callable[[list[dict]], bool], *, timeout: float = 60.0
+) -> list[dict]:
+    """Poll Restate's own SQL until `predicate(rows)`; returns the rows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = restate.query(sql)
+        if predicate(rows):
+            return rows
+        if time.monotonic() > deadline:
+            pytest.fail(f"Restate never satisfied the condition for: {sql}\nlast rows: {rows[:5]}")
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
