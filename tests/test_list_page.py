@@ -107,7 +107,7 @@ def test_sync_state_is_visible(client: Client) -> None:
     )
     body = client.get("/invocations/").content.decode()
     assert "42 rows read" in body
-    assert "Sync failing (3×" in body and "cannot reach Restate" in body
+    assert "Sync failing (3 failures" in body and "cannot reach Restate" in body
 
 
 def test_empty_state_says_what_is_going_on(client: Client) -> None:
