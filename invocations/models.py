@@ -60,7 +60,8 @@ class Invocation(models.Model):
     retry_count = models.IntegerField(default=0)
     next_retry_at = models.DateTimeField(null=True, blank=True)
     last_failure = models.TextField(null=True, blank=True)
-    last_failure_error_code = models.IntegerField(null=True, blank=True)
+    # Restate's codes are strings: HTTP-like ("500") or its own ("RT0007").
+    last_failure_error_code = models.CharField(max_length=32, null=True, blank=True)
     last_failure_related_command_name = models.TextField(null=True, blank=True)
 
     created_at = models.DateTimeField()
@@ -112,7 +113,9 @@ class Invocation(models.Model):
 
     @property
     def duration(self) -> timedelta | None:
-        """Created to completed, or to now while it is still going."""
+        """Created to completed, or to now while it is still going; None before a delayed send fires."""
+        if self.status == InvocationStatus.SCHEDULED:
+            return None
         end: datetime = self.completed_at or timezone.now()
         return end - self.created_at
 

@@ -42,7 +42,7 @@ CHILD_ROW = {
     "retry_count": 7,
     "next_retry_at": "2026-11-22T12:00:03.000",
     "last_failure": "[500] boom",
-    "last_failure_error_code": 500,
+    "last_failure_error_code": "RT0007",
     "created_at": "2026-11-22T11:59:58.300123456",
     "modified_at": "2026-11-22T11:59:58.400",
 }
@@ -68,7 +68,7 @@ def test_child_row_keeps_parent_and_leaves_root_for_the_sync() -> None:
     assert inv.parent_id == ROOT_ROW["id"]
     assert inv.root_id is None
     assert inv.service_key == "mary"
-    assert inv.retry_count == 7 and inv.last_failure_error_code == 500
+    assert inv.retry_count == 7 and inv.last_failure_error_code == "RT0007"
     assert inv.next_retry_at == datetime(2026, 11, 22, 12, 0, 3, tzinfo=UTC)
     # Nanoseconds are cut to microseconds, not rounded into the next second.
     assert inv.created_at == datetime(2026, 11, 22, 11, 59, 58, 300123, tzinfo=UTC)

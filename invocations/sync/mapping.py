@@ -93,6 +93,10 @@ def _int(value: Any, default: int | None = 0) -> int | None:
     return int(value)
 
 
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def invocation_from_row(row: Row, *, now: datetime) -> Invocation:
     parent_id = row.get("invoked_by_id")
     created_at = parse_timestamp(row["created_at"])
@@ -120,7 +124,7 @@ def invocation_from_row(row: Row, *, now: datetime) -> Invocation:
         retry_count=_int(row.get("retry_count")),
         next_retry_at=parse_timestamp(row.get("next_retry_at")),
         last_failure=row.get("last_failure"),
-        last_failure_error_code=_int(row.get("last_failure_error_code"), None),
+        last_failure_error_code=_str(row.get("last_failure_error_code")),
         last_failure_related_command_name=row.get("last_failure_related_command_name"),
         created_at=created_at,
         modified_at=modified_at,

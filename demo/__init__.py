@@ -1,0 +1,1 @@
+"""Demo Restate services, the process launcher (stack) and the load generator (traffic)."""
