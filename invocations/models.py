@@ -84,6 +84,17 @@ class Invocation(models.Model):
         indexes = [
             # The list page: newest first, keyset on (created_at, id).
             models.Index(fields=["-created_at", "-id"], name="inv_created_idx"),
+            # The list sorted by last modification.
+            models.Index(fields=["-modified_at", "-id"], name="inv_modified_idx"),
+            # The list sorted by duration; only completed invocations have one.
+            models.Index(
+                models.F("completed_at") - models.F("created_at"),
+                "id",
+                name="inv_duration_idx",
+                condition=models.Q(completed_at__isnull=False),
+            ),
+            # The list's id search by prefix (LIKE 'inv_1ab%' needs pattern ops under a non-C collation).
+            models.Index(fields=["id"], name="inv_id_prefix_idx", opclasses=["text_pattern_ops"]),
             # The list filtered by status (chips), newest first.
             models.Index(fields=["status", "-created_at"], name="inv_status_created_idx"),
             # The list filtered by service/handler, and the service map's per-handler stats.

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, QuerySet
 
+from invocations.filters import SORTS, InvocationFilters
 from invocations.models import Invocation, SyncState
 
 PAGE_SIZE = 50
+# The same expression as the inv_duration_idx index, so PostgreSQL can use it.
+DURATION = ExpressionWrapper(F("completed_at") - F("created_at"), output_field=DurationField())
 
 
 class BadCursor(ValueError):
@@ -18,27 +21,36 @@ class BadCursor(ValueError):
 
 @dataclass(frozen=True)
 class Cursor:
-    """Keyset position: the (created_at, id) of the last row shown."""
+    """Keyset position: the sort value and id of the last row shown."""
 
-    created_at: datetime
+    value: datetime | timedelta
     id: str
 
     def encode(self) -> str:
-        # UTC with a Z: no "+" that a hand-copied URL would turn into a space.
-        return f"{self.created_at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}~{self.id}"
+        if isinstance(self.value, timedelta):
+            text = f"{self.value.total_seconds():.6f}s"
+        else:
+            # UTC with a Z: no "+" that a hand-copied URL would turn into a space.
+            text = self.value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return f"{text}~{self.id}"
 
     @classmethod
-    def decode(cls, raw: str) -> Cursor:
-        created, sep, inv_id = raw.partition("~")
+    def decode(cls, raw: str, *, duration: bool = False) -> Cursor:
+        value, sep, inv_id = raw.partition("~")
         if not sep or not inv_id:
-            raise BadCursor(f"cursor {raw!r} is not of the form <timestamp>~<invocation id>")
+            raise BadCursor(f"cursor {raw!r} is not of the form <position>~<invocation id>")
+        if duration:
+            try:
+                return cls(timedelta(seconds=float(value.rstrip("s"))), inv_id)
+            except ValueError:
+                raise BadCursor(f"cursor duration {value!r} is not a number of seconds") from None
         try:
-            created_at = datetime.fromisoformat(created)
+            parsed = datetime.fromisoformat(value)
         except ValueError:
-            raise BadCursor(f"cursor timestamp {created!r} is not an ISO-8601 time") from None
-        if created_at.tzinfo is None:
+            raise BadCursor(f"cursor timestamp {value!r} is not an ISO-8601 time") from None
+        if parsed.tzinfo is None:
             raise BadCursor("cursor timestamp has no time zone")
-        return cls(created_at, inv_id)
+        return cls(parsed, inv_id)
 
 
 @dataclass(frozen=True)
@@ -47,17 +59,40 @@ class InvocationPage:
     next_cursor: Cursor | None
 
 
-def invocation_list(*, after: Cursor | None = None, limit: int = PAGE_SIZE) -> InvocationPage:
-    """Newest first, keyset-paged on (created_at, id) so the last page costs what the first does."""
-    qs: QuerySet[Invocation] = Invocation.objects.order_by("-created_at", "-id")
+def _sorted(filters: InvocationFilters) -> tuple[QuerySet[Invocation], str, bool]:
+    _label, field, descending = SORTS[filters.sort]
+    qs = Invocation.objects.filter(filters.q())
+    if field == "duration":
+        # Only a completed invocation has a duration that does not change under the cursor.
+        qs = qs.filter(completed_at__isnull=False).annotate(duration_value=DURATION)
+        field = "duration_value"
+    prefix = "-" if descending else ""
+    return qs.order_by(f"{prefix}{field}", f"{prefix}id"), field, descending
+
+
+def invocation_list(
+    *, filters: InvocationFilters | None = None, after: Cursor | None = None, limit: int = PAGE_SIZE
+) -> InvocationPage:
+    """One page in the chosen order, keyset-paged on (sort value, id) so the last
+    page costs what the first does."""
+    filters = filters or InvocationFilters()
+    qs, field, descending = _sorted(filters)
     if after is not None:
-        qs = qs.filter(Q(created_at__lt=after.created_at) | Q(created_at=after.created_at, id__lt=after.id))
+        op = "lt" if descending else "gt"
+        qs = qs.filter(Q(**{f"{field}__{op}": after.value}) | Q(**{field: after.value, f"id__{op}": after.id}))
     rows = list(qs[: limit + 1])
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
-        next_cursor = Cursor(rows[-1].created_at, rows[-1].id)
+        last = rows[-1]
+        next_cursor = Cursor(getattr(last, field), last.id)
     return InvocationPage(rows, next_cursor)
+
+
+def invocation_status_counts(*, filters: InvocationFilters) -> dict[str, int]:
+    """Counts per status under every filter but the status one (the chips)."""
+    rows = Invocation.objects.filter(filters.q(include_status=False)).values("status").annotate(n=Count("*"))
+    return {row["status"]: row["n"] for row in rows}
 
 
 def sync_state_get() -> SyncState:

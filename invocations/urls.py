@@ -1,9 +1,9 @@
 from django.urls import path
 
-from invocations import views
+from invocations.views import lists
 
 app_name = "invocations"
 
 urlpatterns = [
-    path("invocations/", views.invocation_list, name="list"),
+    path("invocations/", lists.invocation_list, name="list"),
 ]

@@ -82,7 +82,7 @@ def test_htmx_request_gets_only_the_table(client: Client) -> None:
     full = client.get("/invocations/").content.decode()
     partial = client.get("/invocations/", headers={"HX-Request": "true"}).content.decode()
     assert "<html" in full and "<html" not in partial
-    assert 'id="invocation-table"' in partial
+    assert 'id="results"' in partial
 
 
 @pytest.mark.parametrize("cursor", ["garbage", "2026-13-01T00:00:00~inv_1x", "2026-11-22T12:00:00~inv_1x", "~"])

@@ -1,0 +1,187 @@
+"""The invocation list's filters: parsed from the URL (so a view is a shareable
+link), validated with clear messages, and turned into a queryset filter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from django import forms
+from django.db.models import Q
+
+from invocations.models import EdgeKind, Invocation, InvocationEdge, InvocationStatus
+from invocations.restate import INVOCATION_ID_RE
+
+SORTS = {
+    # name: (label, model field used for ordering, descending?)
+    "-created": ("Newest", "created_at", True),
+    "created": ("Oldest", "created_at", False),
+    "-modified": ("Recently modified", "modified_at", True),
+    "modified": ("Least recently modified", "modified_at", False),
+    "-duration": ("Longest (completed)", "duration", True),
+    "duration": ("Shortest (completed)", "duration", False),
+}
+DEFAULT_SORT = "-created"
+
+
+class InvocationFilterForm(forms.Form):
+    status = forms.MultipleChoiceField(choices=InvocationStatus.choices, required=False)
+    service = forms.CharField(required=False, max_length=255)
+    handler = forms.CharField(required=False, max_length=255)
+    key = forms.CharField(required=False, max_length=1000, label="Object/workflow key")
+    idempotency_key = forms.CharField(required=False, max_length=1000)
+    parent = forms.CharField(required=False, max_length=100, label="Parent invocation")
+    roots = forms.BooleanField(required=False, label="Roots only")
+    deployment = forms.CharField(required=False, max_length=100)
+    created_after = forms.DateTimeField(required=False)
+    created_before = forms.DateTimeField(required=False)
+    modified_after = forms.DateTimeField(required=False)
+    modified_before = forms.DateTimeField(required=False)
+    q = forms.CharField(required=False, max_length=100, label="Invocation id or prefix")
+    # Callees of one caller handler through one edge kind (links from the service map).
+    caller_service = forms.CharField(required=False, max_length=255)
+    caller_handler = forms.CharField(required=False, max_length=255)
+    kind = forms.ChoiceField(choices=[("", "any"), *EdgeKind.choices], required=False)
+    sort = forms.ChoiceField(choices=[(k, v[0]) for k, v in SORTS.items()], required=False)
+
+    def clean_q(self) -> str:
+        value = self.cleaned_data["q"].strip()
+        if value and not value.replace("_", "").isalnum():
+            raise forms.ValidationError("an invocation id has only letters, digits and one underscore (inv_...)")
+        return value
+
+    def clean_parent(self) -> str:
+        value = self.cleaned_data["parent"].strip()
+        if value and not INVOCATION_ID_RE.match(value):
+            raise forms.ValidationError(f"{value!r} is not an invocation id (inv_...)")
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        for start, end in (("created_after", "created_before"), ("modified_after", "modified_before")):
+            if data.get(start) and data.get(end) and data[start] >= data[end]:
+                raise forms.ValidationError(f"{start} must be earlier than {end}")
+        return data
+
+
+@dataclass(frozen=True)
+class InvocationFilters:
+    statuses: tuple[str, ...] = ()
+    service: str = ""
+    handler: str = ""
+    key: str = ""
+    idempotency_key: str = ""
+    parent: str = ""
+    roots_only: bool = False
+    deployment: str = ""
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    modified_after: datetime | None = None
+    modified_before: datetime | None = None
+    id_prefix: str = ""
+    caller_service: str = ""
+    caller_handler: str = ""
+    kind: str = ""
+    sort: str = DEFAULT_SORT
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_form(cls, data: dict[str, Any]) -> InvocationFilters:
+        return cls(
+            statuses=tuple(data.get("status") or ()),
+            service=data.get("service") or "",
+            handler=data.get("handler") or "",
+            key=data.get("key") or "",
+            idempotency_key=data.get("idempotency_key") or "",
+            parent=data.get("parent") or "",
+            roots_only=bool(data.get("roots")),
+            deployment=data.get("deployment") or "",
+            created_after=data.get("created_after"),
+            created_before=data.get("created_before"),
+            modified_after=data.get("modified_after"),
+            modified_before=data.get("modified_before"),
+            id_prefix=data.get("q") or "",
+            caller_service=data.get("caller_service") or "",
+            caller_handler=data.get("caller_handler") or "",
+            kind=data.get("kind") or "",
+            sort=data.get("sort") or DEFAULT_SORT,
+        )
+
+    def q(self, *, include_status: bool = True) -> Q:
+        """The WHERE clause; `include_status=False` for the per-status counts."""
+        q = Q()
+        if include_status and self.statuses:
+            q &= Q(status__in=self.statuses)
+        if self.service:
+            q &= Q(service_name=self.service)
+        if self.handler:
+            q &= Q(handler_name=self.handler)
+        if self.key:
+            q &= Q(service_key=self.key)
+        if self.idempotency_key:
+            q &= Q(idempotency_key=self.idempotency_key)
+        if self.parent:
+            q &= Q(parent_id=self.parent)
+        if self.roots_only:
+            q &= Q(parent_id__isnull=True)
+        if self.deployment:
+            q &= Q(pinned_deployment_id=self.deployment)
+        if self.created_after:
+            q &= Q(created_at__gte=self.created_after)
+        if self.created_before:
+            q &= Q(created_at__lt=self.created_before)
+        if self.modified_after:
+            q &= Q(modified_at__gte=self.modified_after)
+        if self.modified_before:
+            q &= Q(modified_at__lt=self.modified_before)
+        if self.id_prefix:
+            q &= Q(id__startswith=self.id_prefix)
+        if self.caller_service or self.caller_handler or self.kind:
+            edges = InvocationEdge.objects.all()
+            if self.kind:
+                edges = edges.filter(kind=self.kind)
+            callers = Q()
+            if self.caller_service:
+                callers &= Q(service_name=self.caller_service)
+            if self.caller_handler:
+                callers &= Q(handler_name=self.caller_handler)
+            edges = edges.filter(caller_id__in=Invocation.objects.filter(callers).values("id"))
+            q &= Q(id__in=edges.values("callee_id"))
+        return q
+
+    def params(self, **changes: Any) -> dict[str, Any]:
+        """URL parameters for these filters, with `changes` applied (None drops a key)."""
+        values: dict[str, Any] = {
+            "status": list(self.statuses),
+            "service": self.service,
+            "handler": self.handler,
+            "key": self.key,
+            "idempotency_key": self.idempotency_key,
+            "parent": self.parent,
+            "roots": "1" if self.roots_only else "",
+            "deployment": self.deployment,
+            "created_after": _iso(self.created_after),
+            "created_before": _iso(self.created_before),
+            "modified_after": _iso(self.modified_after),
+            "modified_before": _iso(self.modified_before),
+            "q": self.id_prefix,
+            "caller_service": self.caller_service,
+            "caller_handler": self.caller_handler,
+            "kind": self.kind,
+            "sort": "" if self.sort == DEFAULT_SORT else self.sort,
+        }
+        values.update(changes)
+        return {k: v for k, v in values.items() if v not in (None, "", [], ())}
+
+    def query_string(self, **changes: Any) -> str:
+        return urlencode(self.params(**changes), doseq=True)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.params(sort=None))
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat() if value else ""
