@@ -155,6 +155,9 @@ class InvocationEdge(models.Model):
         indexes = [
             # "Who called/sent to this invocation, and how" for the detail page's tree.
             models.Index(fields=["callee_id"], name="edge_callee_idx"),
+            # The service map's edge aggregate: edges whose journal time is in the window
+            # (service_map.service_map_get, `WHERE e.created_at >= since`).
+            models.Index(fields=["created_at"], name="edge_created_idx"),
         ]
 
     @property

@@ -27,6 +27,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from invocations import broadcast
 from invocations.models import (
     Deployment,
     Invocation,
@@ -49,6 +50,8 @@ QUIET_STATUSES = ("completed", "scheduled", "pending")
 # Snapshot tables are small in practice; the cap keeps a pathological one from eating memory.
 SNAPSHOT_LIMIT = 100_000
 JOURNAL_IDS_PER_QUERY = 200
+# Ids kept for the live-update broadcast; past this (a first load) pages are told "everything changed".
+MAX_TRACKED_CHANGES = 5000
 INVOCATION_UPDATE_FIELDS = [
     f.name
     for f in Invocation._meta.local_concrete_fields
@@ -132,6 +135,7 @@ class SyncEngine:
             consecutive_failures=0,
             last_error="",
         )
+        broadcast.sync_step_committed(changed_ids=report.changed_ids, overflow=report.changed > len(report.changed_ids))
         return report
 
     def record_failure(self, exc: BaseException) -> None:
@@ -148,6 +152,8 @@ class SyncEngine:
             )
         except Exception:  # noqa: BLE001 - the database is down too; the log is all we have
             log.warning("could not record sync failure in the database: %s", message)
+            return
+        broadcast.sync_step_committed(changed_ids=[])
 
     # ------------------------------------------------------------ invocations
 
@@ -187,7 +193,8 @@ class SyncEngine:
                 returning=["id"],
             )
             report.changed += len(changed)
-            report.changed_ids.extend(row[0] for row in changed)
+            room = MAX_TRACKED_CHANGES - len(report.changed_ids)
+            report.changed_ids.extend(row[0] for row in changed[: max(room, 0)])
         return max_modified
 
     def _resolve_roots(self) -> int:

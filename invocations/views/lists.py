@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -7,6 +9,11 @@ from django.shortcuts import render
 from invocations import selectors
 from invocations.filters import SORTS, InvocationFilterForm, InvocationFilters
 from invocations.models import InvocationStatus
+
+
+def _newest(page: selectors.InvocationPage) -> str:
+    newest = max((inv.created_at for inv in page.rows), default=None)
+    return newest.isoformat() if newest else datetime.now(UTC).isoformat()
 
 
 def bad_request(request: HttpRequest, title: str, message: str) -> HttpResponse:
@@ -52,6 +59,8 @@ def invocation_list(request: HttpRequest) -> HttpResponse:
         "sorts": [(key, label, filters.query_string(sort=key)) for key, (label, _f, _d) in SORTS.items()],
         "next_query": filters.query_string(after=page.next_cursor.encode()) if page.next_cursor else "",
         "sync": selectors.sync_state_get(),
+        # The socket counts what arrived after the newest row this page rendered.
+        "live_query": filters.query_string(since=_newest(page)),
     }
     template = "invocations/list.html#results" if request.htmx else "invocations/list.html"
     return render(request, template, context)

@@ -22,10 +22,12 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from dashboard import embedded_redis
 from demo.stack import DemoStack, ManagedProcess, spawn
 
 ADMIN_USER = "admin"
 DEMO_PORTS = {"node": 15122, "python": 19080, "ts": 19081}
+REDIS_PORT = 16379
 
 
 def local_login(data_dir: Path) -> tuple[str, str]:
@@ -64,8 +66,14 @@ class Command(BaseCommand):
 
         processes: list[ManagedProcess] = []
         stack: DemoStack | None = None
+        redis = None
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         try:
+            # The sync engine and the web server are separate processes: live updates
+            # travel between them through Redis, unless the user already points at one.
+            if not os.environ.get("REDIS_URL"):
+                redis = embedded_redis.start(data_dir / "redis", REDIS_PORT, log_path=logs / "redis.log")
+                os.environ["REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
             if settings.RESTATE_EMBEDDED:
                 admin, ingress = urlsplit(settings.RESTATE_ADMIN_URL), urlsplit(settings.RESTATE_INGRESS_URL)
                 self.stdout.write("Starting restate-server and the demo services...")
@@ -121,3 +129,6 @@ class Command(BaseCommand):
                 proc.stop()
             if stack is not None:
                 stack.stop()
+            if redis is not None:
+                redis.terminate()
+                redis.wait(5)

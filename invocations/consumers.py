@@ -1,0 +1,72 @@
+"""Websocket consumers: join the groups `broadcast` names, accept, then send the
+current state, so a (re)connecting page misses nothing between its last render
+and the subscription. What to render lives in `fragments`."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from invocations import broadcast, fragments
+
+
+class _PageConsumer(AsyncWebsocketConsumer):
+    groups_joined: list[str]
+
+    async def _join(self, groups: list[str]) -> None:
+        self.groups_joined = groups
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def sync_changed(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=await database_sync_to_async(fragments.sync_state)())
+
+
+class InvocationListConsumer(_PageConsumer):
+    """The list page: status changes in place, and a count of new invocations
+    instead of rows reshuffling under the reader's cursor."""
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        self.view = fragments.ListView.from_query(query)
+        if self.view is None:
+            await self.close(code=4400)
+            return
+        await self._join([broadcast.LIST_GROUP, broadcast.SYNC_GROUP])
+        await self.accept()
+        await self.send(text_data=await database_sync_to_async(self.view.current_state)())
+
+    async def invocations_changed(self, event: dict[str, Any]) -> None:
+        html = await database_sync_to_async(self.view.changes)(event["ids"])
+        if html:
+            await self.send(text_data=html)
+
+
+class InvocationDetailConsumer(_PageConsumer):
+    """The detail page: its tree grows and its bars move as the sync sees changes."""
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        self.invocation_id = self.scope["url_route"]["kwargs"]["invocation_id"]
+        root = await database_sync_to_async(fragments.tree_root_of)(self.invocation_id)
+        if root is None:
+            await self.close(code=4404)
+            return
+        await self._join([broadcast.tree_group(root), broadcast.ALL_TREES_GROUP, broadcast.SYNC_GROUP])
+        await self.accept()
+        await self.tree_changed({})
+
+    async def tree_changed(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=await database_sync_to_async(fragments.detail_state)(self.invocation_id))

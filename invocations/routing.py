@@ -1,0 +1,8 @@
+from django.urls import path
+
+from invocations import consumers
+
+websocket_urlpatterns = [
+    path("ws/invocations/", consumers.InvocationListConsumer.as_asgi()),
+    path("ws/invocations/<str:invocation_id>/", consumers.InvocationDetailConsumer.as_asgi()),
+]
