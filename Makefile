@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: run test lint bench setup clean-data
+.PHONY: run test lint bench setup clean-data browser
 
 $(STAMP): requirements.txt package.json package-lock.json
 	python3 -m venv .venv
@@ -18,7 +18,11 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(PY) manage.py run_stack
 
-test: $(STAMP)
+# The browser tests need Debian's Chromium; install it when missing (CI runs as root).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest

@@ -181,7 +181,8 @@ TEMPLATES = [
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/invocations/"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
