@@ -11,8 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,13 @@ def page(web: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(15_000)
@@ -114,10 +120,16 @@ def sync_step(engine: SyncEngine) -> None:
 
 
 def _completed(restate: RestateClient, inv_id: str) -> None:
-    wait_for_restate(restate, f"SELECT status FROM sys_invocation WHERE id = {sql_literal(inv_id)}", lambda r: r and r[0]["status"] == "completed")
+    wait_for_restate(
+        restate,
+        f"SELECT status FROM sys_invocation WHERE id = {sql_literal(inv_id)}",
+        lambda r: r and r[0]["status"] == "completed",
+    )
 
 
-def test_filter_the_list_and_see_a_new_invocation_arrive_live(page: Any, web: str, restate: RestateClient, engine: SyncEngine) -> None:
+def test_filter_the_list_and_see_a_new_invocation_arrive_live(
+    page: Any, web: str, restate: RestateClient, engine: SyncEngine
+) -> None:
     first = traffic.fire_call_service(restate)[0]
     _completed(restate, first)
     sync_step(engine)
@@ -143,10 +155,14 @@ def test_filter_the_list_and_see_a_new_invocation_arrive_live(page: Any, web: st
     page.wait_for_selector(f"#row-{second}")
 
 
-def test_tree_shows_a_scheduled_delayed_send_with_its_fire_time(page: Any, web: str, restate: RestateClient, engine: SyncEngine) -> None:
+def test_tree_shows_a_scheduled_delayed_send_with_its_fire_time(
+    page: Any, web: str, restate: RestateClient, engine: SyncEngine
+) -> None:
     root = traffic.fire_delayed_sends(restate)[0]
     _completed(restate, root)
-    wait_for_restate(restate, f"SELECT id FROM sys_invocation WHERE invoked_by_id = {sql_literal(root)}", lambda r: len(r) >= 5)
+    wait_for_restate(
+        restate, f"SELECT id FROM sys_invocation WHERE invoked_by_id = {sql_literal(root)}", lambda r: len(r) >= 5
+    )
     sync_step(engine)
     sync_step(engine)
     page.goto(f"{web}/invocations/{root}/")
