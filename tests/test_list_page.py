@@ -114,3 +114,19 @@ def test_empty_state_says_what_is_going_on(client: Client) -> None:
     body = client.get("/invocations/").content.decode()
     assert "No invocations in our copy yet" in body
     assert "Not synced yet" in body
+
+
+def test_database_down_is_a_503_page_not_a_500(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fake only for "the server went away": the real one cannot be stopped under a test transaction.
+    from django.db import OperationalError
+
+    from invocations import selectors
+
+    def gone(**_kwargs: object) -> None:
+        raise OperationalError("server closed the connection unexpectedly / could not connect to server")
+
+    monkeypatch.setattr(selectors, "invocation_list", gone)
+    response = client.get("/invocations/")
+    assert response.status_code == 503
+    assert "PostgreSQL database is not answering" in response.content.decode()
+    assert response["Retry-After"] == "5"
