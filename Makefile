@@ -32,3 +32,9 @@ bench: $(STAMP)
 
 clean-data:
 	rm -rf data
+
+# List/detail page times at 1,000,000 generated invocations, tree rendering, and live-update
+# freshness in Chromium under demo load (needs Chromium, like the browser tests).
+.PHONY: bench-pages
+bench-pages: $(STAMP) browser
+	$(PY) -m benchmarks.pages_bench

@@ -14,6 +14,7 @@ from invocations.restate import (
     RestateClient,
     RestateUnavailable,
     ResultState,
+    sql_list,
     sql_literal,
 )
 from tests.conftest import wait_for_restate
@@ -49,8 +50,10 @@ def test_query_errors_are_typed(restate: RestateClient) -> None:
 
 
 def test_arrow_and_json_agree(restate: RestateClient) -> None:
-    traffic.fire_greet(restate)
-    sql = "SELECT id, status FROM sys_invocation ORDER BY id LIMIT 20"
+    # Finished invocations only: the two reads must see the same rows.
+    ids = [traffic.fire_greet(restate)[0] for _ in range(5)]
+    sql = f"SELECT id, status, target, journal_size, completion_result FROM sys_invocation WHERE id IN {sql_list(ids)} ORDER BY id"
+    wait_for_restate(restate, sql, lambda rows: len(rows) == 5 and all(r["status"] == "completed" for r in rows))
     streamed = [row for batch in restate.query_batches(sql) for row in batch]
     assert streamed == restate.query(sql)
 
