@@ -105,11 +105,16 @@ class Invocation(models.Model):
             models.Index(fields=["root"], name="inv_root_idx"),
             # The sync's root resolution: rows whose ancestors were not all seen yet.
             models.Index(fields=["parent"], name="inv_unresolved_root_idx", condition=models.Q(root__isnull=True)),
-            # The sync's journal backlog: invocations whose journal grew since we last read it.
+            # The sync's journal backlog: invocations whose journal grew since we last read it,
+            # and not-yet-started ones whose Input we have not read (Restate says journal_size 0).
             models.Index(
                 fields=["id"],
                 name="inv_journal_behind_idx",
-                condition=models.Q(journal_size__gt=models.F("journal_synced_size"), gone_from_restate_at__isnull=True),
+                condition=(
+                    models.Q(journal_size__gt=models.F("journal_synced_size"))
+                    | models.Q(status__in=("scheduled", "pending"), journal_synced_size=0)
+                )
+                & models.Q(gone_from_restate_at__isnull=True),
             ),
             # Idempotency-key search; most invocations from services have none.
             models.Index(

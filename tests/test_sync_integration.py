@@ -104,6 +104,8 @@ def test_one_way_and_delayed_sends(engine: SyncEngine, restate: RestateClient) -
     for edge in delayed:
         child = Invocation.objects.get(id=edge.callee_id)
         assert child.status == "scheduled", "a delayed child waits in 'scheduled' until its fire time"
+        # Restate says journal_size 0 for it, yet holds its Input: we mirror what it will carry.
+        assert JournalEntry.objects.filter(invocation_id=child.id, entry_type="Command: Input").exists()
         assert edge.fire_at is not None and edge.fire_at > now + timedelta(minutes=1)
         # Restate's own fire time agrees with the journal's invoke_time.
         assert child.scheduled_start_at is not None

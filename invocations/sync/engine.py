@@ -23,8 +23,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import F
+from django.db import DataError, connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from invocations import broadcast
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 # Statuses that only change together with modified_at; everything else is re-read each step.
 QUIET_STATUSES = ("completed", "scheduled", "pending")
+NOT_STARTED = ("scheduled", "pending")
 # Snapshot tables are small in practice; the cap keeps a pathological one from eating memory.
 SNAPSHOT_LIMIT = 100_000
 JOURNAL_IDS_PER_QUERY = 200
@@ -220,51 +221,79 @@ class SyncEngine:
 
     def _journal_backlog(self, limit: int) -> list[tuple[str, int]]:
         # Served by inv_journal_behind_idx; small because it empties every step.
+        # Scheduled and queued invocations report journal_size 0 although Restate
+        # already holds their Input: read that once, so a delayed send shows what it will carry.
+        behind = Q(journal_size__gt=F("journal_synced_size")) | Q(status__in=NOT_STARTED, journal_synced_size=0)
         return list(
-            Invocation.objects.filter(
-                journal_size__gt=F("journal_synced_size"), gone_from_restate_at__isnull=True
-            ).values_list("id", "journal_size")[:limit]
+            Invocation.objects.filter(behind, gone_from_restate_at__isnull=True).values_list("id", "journal_size")[
+                :limit
+            ]
         )
 
     def _sync_journals(self, report: StepReport) -> None:
-        while backlog := self._journal_backlog(JOURNAL_IDS_PER_QUERY):
+        seen_empty: set[str] = set()
+        while backlog := [
+            b for b in self._journal_backlog(JOURNAL_IDS_PER_QUERY + len(seen_empty)) if b[0] not in seen_empty
+        ]:
+            backlog = backlog[:JOURNAL_IDS_PER_QUERY]
             ids = [inv_id for inv_id, _ in backlog]
             columns = ", ".join(mapping.JOURNAL_COLUMNS)
             entries: list[JournalEntry] = []
             for batch in self.client.query_batches(f"SELECT {columns} FROM sys_journal WHERE id IN {sql_list(ids)}"):
                 entries.extend(mapping.journal_entry_from_row(row) for row in batch)
             edges = [e for e in map(mapping.edge_from_journal_entry, entries) if e is not None]
-            with transaction.atomic():
-                upsert(
-                    JournalEntry,
-                    entries,
-                    update_fields=["entry_type", "name", "appended_at", "entry", "entry_lite"],
-                    guard_fields=["entry_lite"],
-                )
-                upsert(
-                    InvocationEdge,
-                    edges,
-                    update_fields=[
-                        "callee_id",
-                        "kind",
-                        "target_service",
-                        "target_key",
-                        "target_handler",
-                        "created_at",
-                        "fire_at",
-                    ],
-                    guard_fields=["callee_id", "kind", "fire_at"],
-                )
-                # Everything Restate holds for these is now ours; a later growth of
-                # journal_size (a changed row) puts them back in the backlog.
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        f"UPDATE {Invocation._meta.db_table} i SET journal_synced_size = b.size "
-                        "FROM unnest(%s::text[], %s::int[]) AS b(id, size) WHERE i.id = b.id",
-                        [ids, [size for _, size in backlog]],
-                    )
+            fetched: dict[str, int] = {}
+            for entry in entries:
+                fetched[entry.invocation_id] = fetched.get(entry.invocation_id, 0) + 1
+            # A not-yet-started invocation whose Input Restate does not show yet stays in
+            # the backlog for the next step, but not again in this one.
+            seen_empty.update(inv_id for inv_id, size in backlog if not size and not fetched.get(inv_id))
+            try:
+                self._write_journals(entries, edges, backlog, fetched)
+            except DataError:
+                # Restate's entry_json went to jsonb unparsed; if one is not valid JSON, keep it as text.
+                for entry in entries:
+                    entry.entry = mapping.load_json(entry.entry)
+                self._write_journals(entries, edges, backlog, fetched)
             report.journal_entries += len(entries)
             report.edges += len(edges)
+
+    def _write_journals(
+        self,
+        entries: list[JournalEntry],
+        edges: list[InvocationEdge],
+        backlog: list[tuple[str, int]],
+        fetched: dict[str, int],
+    ) -> None:
+        with transaction.atomic():
+            upsert(
+                JournalEntry,
+                entries,
+                update_fields=["entry_type", "name", "appended_at", "entry", "entry_lite"],
+                guard_fields=["entry_lite"],
+            )
+            upsert(
+                InvocationEdge,
+                edges,
+                update_fields=[
+                    "callee_id",
+                    "kind",
+                    "target_service",
+                    "target_key",
+                    "target_handler",
+                    "created_at",
+                    "fire_at",
+                ],
+                guard_fields=["callee_id", "kind", "fire_at"],
+            )
+            # Everything Restate holds for these is now ours; a later growth of
+            # journal_size (a changed row) puts them back in the backlog.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {Invocation._meta.db_table} i SET journal_synced_size = b.size "
+                    "FROM unnest(%s::text[], %s::int[]) AS b(id, size) WHERE i.id = b.id",
+                    [[i for i, _ in backlog], [max(size, fetched.get(i, 0)) for i, size in backlog]],
+                )
 
     # ------------------------------------------------------------ snapshots
 

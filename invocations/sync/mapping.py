@@ -22,6 +22,7 @@ from invocations.models import (
     Service,
     WorkflowPromise,
 )
+from invocations.sync.writes import RawJson
 
 Row = dict[str, Any]
 
@@ -142,7 +143,15 @@ def invocation_from_row(row: Row, *, now: datetime) -> Invocation:
     )
 
 
-def _load_json(value: Any) -> Any:
+def _raw_json(value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (dict, list)):
+        return value
+    return RawJson(value)
+
+
+def load_json(value: Any) -> Any:
     if value is None or value == "":
         return None
     if isinstance(value, (dict, list)):
@@ -161,8 +170,10 @@ def journal_entry_from_row(row: Row) -> JournalEntry:
         entry_type=row.get("entry_type", ""),
         name=row.get("name") or None,
         appended_at=parse_timestamp(row.get("appended_at")),
-        entry=_load_json(row.get("entry_json")),
-        entry_lite=_load_json(row.get("entry_lite_json")),
+        # The full entry (payloads included) is stored as Restate wrote it; only the
+        # small lite form is parsed, since edges are read from it.
+        entry=_raw_json(row.get("entry_json")),
+        entry_lite=load_json(row.get("entry_lite_json")),
     )
 
 

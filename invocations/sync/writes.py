@@ -8,10 +8,11 @@ row that did not change is not rewritten (no dead tuple, no false "changed").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from django.db import connection, models, transaction
+from psycopg.types.json import Jsonb
 
 
 def _columns(model: type[models.Model]) -> list[models.Field]:
@@ -26,12 +27,32 @@ def _pk_columns(model: type[models.Model]) -> list[str]:
     return [pk.column]
 
 
+class RawJson(str):
+    """JSON text that goes to a jsonb column as it is: Restate's entry_json can be
+    large, and parsing it only for Django to dump it again dominated the sync."""
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, RawJson):
+        return value if value is None else str(value)
+    return Jsonb(value)
+
+
+def _converters(fields: list[models.Field]) -> list[Callable[[Any], Any] | None]:
+    # psycopg adapts str/int/bool/aware datetime itself; only JSON needs wrapping.
+    # (Calling Django's get_db_prep_save per value cost more than the COPY.)
+    return [_json_value if isinstance(f, models.JSONField) else None for f in fields]
+
+
 def _copy_rows(cursor: Any, table: str, fields: list[models.Field], instances: Iterable[models.Model]) -> int:
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    attnames = [f.attname for f in fields]
+    converters = _converters(fields)
     count = 0
     with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
         for obj in instances:
-            copy.write_row([f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields])
+            values = [getattr(obj, a) for a in attnames]
+            copy.write_row([conv(v) if conv else v for conv, v in zip(converters, values, strict=True)])
             count += 1
     return count
 
@@ -91,8 +112,9 @@ def upsert(
             action += f" WHERE ({ours}) IS DISTINCT FROM ({theirs})"
     ret = f" RETURNING {', '.join('t.' + qn(col(r)) for r in returning)}" if returning else ""
 
-    with transaction.atomic(), connection.cursor() as wrapper:
-        cursor = wrapper.cursor  # the psycopg cursor, for COPY
+    # The raw psycopg cursor (for COPY) skips Django's error translation; restore it.
+    with transaction.atomic(), connection.cursor() as wrapper, connection.wrap_database_errors:
+        cursor = wrapper.cursor
         cursor.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
@@ -107,7 +129,7 @@ def upsert(
 def replace_all(model: type[models.Model], instances: Sequence[models.Model]) -> None:
     """Make the table hold exactly `instances` (snapshot tables: queues, locks, ...)."""
     table = connection.ops.quote_name(model._meta.db_table)
-    with transaction.atomic(), connection.cursor() as wrapper:
+    with transaction.atomic(), connection.cursor() as wrapper, connection.wrap_database_errors:
         wrapper.cursor.execute(f"DELETE FROM {table}")
         if instances:
             _copy_rows(wrapper.cursor, table, _columns(model), instances)
@@ -116,7 +138,7 @@ def replace_all(model: type[models.Model], instances: Sequence[models.Model]) ->
 def copy_ids_into_temp(name: str, ids: Iterable[str]) -> int:
     """Load ids into a temp table (primary key, for anti-joins) in the current transaction."""
     temp = connection.ops.quote_name(name)
-    with connection.cursor() as wrapper:
+    with connection.cursor() as wrapper, connection.wrap_database_errors:
         cursor = wrapper.cursor
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} (id text PRIMARY KEY) ON COMMIT DROP")
         # Inside an enclosing transaction (tests) the table outlives one call.
