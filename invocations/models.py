@@ -44,13 +44,27 @@ class Invocation(models.Model):
 
     idempotency_key = models.TextField(null=True, blank=True)
     invoked_by = models.CharField(max_length=32, blank=True)  # ingress, service, subscription, restart_as_new
+    # db_index=False: inv_parent_idx / inv_root_idx below are the indexes; Django's
+    # automatic ones (and their _like copies) only duplicated them, at a cost to every sync write.
     parent = models.ForeignKey(
-        "self", null=True, blank=True, db_constraint=False, on_delete=models.DO_NOTHING, related_name="+"
+        "self",
+        null=True,
+        blank=True,
+        db_constraint=False,
+        db_index=False,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
     )
     invoked_by_target = models.CharField(max_length=600, null=True, blank=True)
     # The top of the call tree; null until the sync has seen every ancestor.
     root = models.ForeignKey(
-        "self", null=True, blank=True, db_constraint=False, on_delete=models.DO_NOTHING, related_name="+"
+        "self",
+        null=True,
+        blank=True,
+        db_constraint=False,
+        db_index=False,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
     )
     restarted_from = models.CharField(max_length=100, null=True, blank=True)
     pinned_deployment_id = models.CharField(max_length=100, null=True, blank=True)
@@ -93,8 +107,7 @@ class Invocation(models.Model):
                 name="inv_duration_idx",
                 condition=models.Q(completed_at__isnull=False),
             ),
-            # The list's id search by prefix (LIKE 'inv_1ab%' needs pattern ops under a non-C collation).
-            models.Index(fields=["id"], name="inv_id_prefix_idx", opclasses=["text_pattern_ops"]),
+            # (The id-prefix search, LIKE 'inv_1ab%', uses the pattern-ops index Django creates for the primary key.)
             # The list filtered by status (chips), newest first.
             models.Index(fields=["status", "-created_at"], name="inv_status_created_idx"),
             # The list filtered by service/handler, and the service map's per-handler stats.

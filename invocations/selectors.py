@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, QuerySet
+from django.db.models import DurationField, ExpressionWrapper, F, Q, QuerySet
 
 from invocations.filters import SORTS, InvocationFilters
-from invocations.models import Invocation, SyncState
+from invocations.models import Invocation, InvocationStatus, SyncState
 
 PAGE_SIZE = 50
 # The same expression as the inv_duration_idx index, so PostgreSQL can use it.
@@ -79,7 +79,11 @@ def invocation_list(
     qs, field, descending = _sorted(filters)
     if after is not None:
         op = "lt" if descending else "gt"
-        qs = qs.filter(Q(**{f"{field}__{op}": after.value}) | Q(**{field: after.value, f"id__{op}": after.id}))
+        # The plain range first lets PostgreSQL start the index scan at the cursor;
+        # with only the OR it scanned from the top and filtered (250 ms deep in 1M rows).
+        qs = qs.filter(**{f"{field}__{op}e": after.value}).filter(
+            Q(**{f"{field}__{op}": after.value}) | Q(**{field: after.value, f"id__{op}": after.id})
+        )
     rows = list(qs[: limit + 1])
     next_cursor = None
     if len(rows) > limit:
@@ -89,10 +93,16 @@ def invocation_list(
     return InvocationPage(rows, next_cursor)
 
 
+# Chips count up to this and then say "10,000+": an exact GROUP BY over a million rows
+# was 80% of the list page's time, and past this nobody reads the exact number.
+STATUS_COUNT_CAP = 10_000
+
+
 def invocation_status_counts(*, filters: InvocationFilters) -> dict[str, int]:
-    """Counts per status under every filter but the status one (the chips)."""
-    rows = Invocation.objects.filter(filters.q(include_status=False)).values("status").annotate(n=Count("*"))
-    return {row["status"]: row["n"] for row in rows}
+    """Counts per status under every filter but the status one (the chips), capped at
+    STATUS_COUNT_CAP + 1 so each is a bounded index range scan."""
+    base = Invocation.objects.filter(filters.q(include_status=False))
+    return {status: base.filter(status=status)[: STATUS_COUNT_CAP + 1].count() for status in InvocationStatus.values}
 
 
 def sync_state_get() -> SyncState:

@@ -183,3 +183,15 @@ def test_bad_input_is_a_clear_400(client: Client, db: None, params: dict, says: 
 def test_empty_filtered_state(client: Client, rows: list[Invocation]) -> None:
     body = client.get("/invocations/", {"service": "Nope"}).content.decode()
     assert "No invocation matches these filters" in body
+
+
+def test_status_counts_stop_at_the_cap(client: Client, rows: list[Invocation], monkeypatch: pytest.MonkeyPatch) -> None:
+    from invocations import selectors
+
+    monkeypatch.setattr(selectors, "STATUS_COUNT_CAP", 2)
+    response = client.get("/invocations/")
+    chips = {c["status"]: c for c in response.context["chips"]}
+    assert chips["completed"]["capped"] and chips["completed"]["count"] == 3  # counted to cap + 1, no further
+    assert not chips["running"]["capped"] and chips["running"]["count"] == 1
+    body = response.content.decode()
+    assert "completed <b>2+</b>" in body and "more than 2 matches" in body

@@ -42,6 +42,7 @@ def invocation_list(request: HttpRequest) -> HttpResponse:
         {
             "status": status,
             "count": counts.get(status, 0),
+            "capped": counts.get(status, 0) > selectors.STATUS_COUNT_CAP,
             "active": status in filters.statuses,
             # A chip toggles its status in the current selection.
             "query": filters.query_string(
@@ -56,6 +57,8 @@ def invocation_list(request: HttpRequest) -> HttpResponse:
         "page": page,
         "chips": chips,
         "total": sum(counts.values()),
+        "count_cap": f"{selectors.STATUS_COUNT_CAP:,}",
+        "total_capped": any(n > selectors.STATUS_COUNT_CAP for n in counts.values()),
         "sorts": [(key, label, filters.query_string(sort=key)) for key, (label, _f, _d) in SORTS.items()],
         "next_query": filters.query_string(after=page.next_cursor.encode()) if page.next_cursor else "",
         "sync": selectors.sync_state_get(),
