@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
@@ -52,6 +51,9 @@ if TYPE_CHECKING:
     from invocations.restate import RestateClient
     from invocations.sync.engine import SyncEngine
 
+from benchmarks.report import progress, say, table
+from benchmarks.scratch import ScratchDatabase
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 
@@ -59,66 +61,7 @@ TREE_SIZE = 4  # Orchestrator.call_all -> Greeter.greet, Counter.add, Signup.sta
 MB = 1024  # ru_maxrss is in KiB on Linux
 
 
-def say(message: str) -> None:
-    print(message, flush=True)
-
-
-def progress(message: str) -> None:
-    # Progress goes to stderr so stdout holds only the figures.
-    print(f"  .. {message}", file=sys.stderr, flush=True)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(row: list[str]) -> str:
-        # First column left-aligned (labels), the rest right-aligned (numbers).
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-
-    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in cells[1:]]
-    return "\n".join("  " + row for row in out)
-
-
 # ---------------------------------------------------------------- scratch database
-
-
-def _url_with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-@dataclass
-class ScratchDatabase:
-    """A database of our own on the embedded server (or DATABASE_URL's), dropped at the end.
-
-    Not the test_ database pytest-django creates: tests may run at the same time.
-    """
-
-    server_url: str
-    name: str
-
-    @property
-    def url(self) -> str:
-        return _url_with_database(self.server_url, self.name)
-
-    @classmethod
-    def create(cls) -> ScratchDatabase:
-        server_url = os.environ.get("DATABASE_URL")
-        if not server_url:
-            from dashboard.embedded_postgres import ensure_running
-
-            # Registers this process with pgserver, so the server outlives every child we start.
-            data_dir = Path(os.environ.get("DASHBOARD_DATA_DIR", ROOT / "data"))
-            server_url = ensure_running(data_dir / "postgres")
-        name = f"bench_sync_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return cls(server_url, name)
-
-    def drop(self) -> None:
-        with psycopg.connect(self.server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 def setup_django(scratch: ScratchDatabase) -> None:
@@ -770,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack: DemoStack | None = None
     try:
         progress("scratch database + migrations")
-        scratch = ScratchDatabase.create()
+        scratch = ScratchDatabase.create("sync")
         setup_django(scratch)
         from django.conf import settings
         from django.db import connections

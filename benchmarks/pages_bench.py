@@ -1,0 +1,1087 @@
+"""Page benchmark: `make bench-pages` (python -m benchmarks.pages_bench).
+
+Everything runs against real parts started here, in a scratch database (created
+on the embedded PostgreSQL, or on DATABASE_URL's server, and dropped at the end)
+filled by our own `manage.py generate_invocations`. Absolute figures are this
+machine's; every ratio is taken against a baseline measured in the same run.
+
+1. List page `/invocations/` server time (Django's test Client in-process, logged
+   in: the whole view, middleware and template), median and p95 over `--reps`
+   rounds of nine requests (first page, page 21 by following cursors, the oldest
+   1%, the last page, status=running, service+handler, id prefix, sort by
+   -duration, an htmx partial), with the SQL share (`connection.execute_wrapper`)
+   and the slowest query of each. Baselines: the same requests over `--baseline`
+   invocations (the 1M / 10k ratio shows how page cost grows with the table), and
+   the bare SQL of the page's own queries (EXPLAIN ANALYZE), with their plans.
+2. Detail page `/invocations/<id>/` for a node of a 4-node tree and for the root
+   and a deepest leaf of the 10,000-node tree (the small-tree node at `--baseline`
+   as baseline).
+3. Tree rendering for the 10,000-node tree: the tree partial
+   (`invocations/detail.html#tree`, detail_context + render_to_string) against its
+   parts (tree_get, trees.build_tree, trees.flatten, rows_html).
+4. Live-update freshness under steady demo load: restate-server with the demo
+   services and `demo.traffic.run_traffic`, the sync loop (the sync command's
+   adaptive interval) in this process, Redis, Daphne in a subprocess, and a real
+   headless Chromium on the list page (reloaded every `--reload` seconds, as a
+   reader would). A recording WebSocket wrapper in the page notes when each
+   message arrives. Samples: a row's status change (Restate's modified_at ->
+   its row fragment arriving), and a new invocation (Restate's created_at -> the
+   "N new" banner message that first counts it), each split into Restate ->
+   our step's broadcast and broadcast -> browser. For context: the sync steps'
+   duration, interval, PostgreSQL time and costliest statement.
+   The synthetic rows were never in this Restate, so the periodic reconcile
+   (which would mark them gone) is counted as done when the loop starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from django.test import Client
+
+    from invocations.management.commands.generate_invocations import GenerationResult
+    from invocations.sync.engine import SyncEngine
+
+from benchmarks.report import progress, say, table
+from benchmarks.scratch import ScratchDatabase
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+USERNAME = "bench"
+PASSWORD = f"bench-{uuid.uuid4().hex}"
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile (p95 of 30 samples is the 29th smallest)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def short_sql(sql: str, limit: int = 170) -> str:
+    """A statement made readable in one line: no table qualifiers, aliases or quotes, IN lists folded."""
+    text = re.sub(r"\(%s(?:, %s)*\)", "(...)", sql)
+    text = re.sub(r'"\w+"\."(\w+)"', r"\1", text)
+    text = re.sub(r' AS "\w+"', "", text).replace('"', "")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_count(n: int) -> str:
+    if n >= 1_000_000 and n % 100_000 == 0:
+        return f"{n / 1_000_000:g}M"
+    if n >= 1000 and n % 100 == 0:
+        return f"{n / 1000:g}k"
+    return f"{n:,}"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}" if seconds < 0.1 else f"{seconds * 1000:.0f}"
+
+
+# ---------------------------------------------------------------- scratch database
+
+
+# ---------------------------------------------------------------- timing requests
+
+
+@dataclass
+class Query:
+    sql: str
+    params: Any
+    seconds: float
+
+
+@dataclass
+class Timed:
+    seconds: list[float] = field(default_factory=list)
+    sql_seconds: list[float] = field(default_factory=list)
+    queries: list[Query] = field(default_factory=list)  # of the last run
+    status: int = 0
+    size: int = 0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def p95(self) -> float:
+        return quantile(self.seconds, 0.95)
+
+    @property
+    def sql_share(self) -> float:
+        return sum(self.sql_seconds) / sum(self.seconds)
+
+    @property
+    def slowest(self) -> Query:
+        return max(self.queries, key=lambda q: q.seconds)
+
+
+@contextmanager
+def recording_queries() -> Iterator[list[Query]]:
+    from django.db import connection
+
+    queries: list[Query] = []
+
+    def wrapper(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            queries.append(Query(sql, params, time.perf_counter() - t0))
+
+    with connection.execute_wrapper(wrapper):
+        yield queries
+
+
+@dataclass(frozen=True)
+class Request:
+    label: str
+    path: str
+    htmx: bool = False
+
+
+def time_requests(client: Client, requests: Sequence[Request], reps: int) -> dict[str, Timed]:
+    """Round-robin over `requests`, `reps` times each, after one warm-up round."""
+    results = {r.label: Timed() for r in requests}
+    headers = {"HTTP_HX_REQUEST": "true"}
+    for round_no in range(reps + 1):
+        for req in requests:
+            with recording_queries() as queries:
+                t0 = time.perf_counter()
+                response = client.get(req.path, **(headers if req.htmx else {}))
+                elapsed = time.perf_counter() - t0
+            timed = results[req.label]
+            if response.status_code != 200:
+                raise RuntimeError(f"{req.path} answered {response.status_code}: {response.content[:500]!r}")
+            if round_no == 0:
+                continue  # warm-up: templates compiled, connection open, pages cached
+            timed.seconds.append(elapsed)
+            timed.sql_seconds.append(sum(q.seconds for q in queries))
+            timed.queries = queries
+            timed.status = response.status_code
+            timed.size = len(response.content)
+    return results
+
+
+def explain(query: Query) -> tuple[float, str]:
+    """EXPLAIN ANALYZE of a query as the page ran it (best of 3): seconds, and its plan's top nodes."""
+    from django.db import connection
+
+    best: tuple[float, str] | None = None
+    for _ in range(3):  # the fastest of three: one run is at the mercy of the other processes
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query.sql}", query.params)
+            raw = cursor.fetchone()[0]
+        doc = json.loads(raw) if isinstance(raw, str) else raw
+        run = (doc[0]["Execution Time"] / 1000, plan_summary(doc[0]["Plan"]))
+        best = run if best is None or run[0] < best[0] else best
+    assert best is not None
+    return best
+
+
+def plan_summary(node: dict[str, Any], depth: int = 0) -> str:
+    """ "Limit -> Index Scan using inv_created_idx (rows 51)": nodes down to the first scan."""
+    name = node["Node Type"]
+    if node.get("Index Name"):
+        name += f" using {node['Index Name']}"
+    elif node.get("Relation Name"):
+        name += f" on {node['Relation Name']}"
+    name += f" (rows {node.get('Actual Rows', '?')})"
+    children = node.get("Plans") or []
+    if "Scan" in node["Node Type"] or not children or depth >= 4:
+        return name
+    return f"{name} -> {plan_summary(children[0], depth + 1)}"
+
+
+# ---------------------------------------------------------------- data
+
+
+def generate(count: int, *, seed: int, big_tree: int) -> GenerationResult:
+    """Our command, as `manage.py generate_invocations --count N --seed S --big-tree B` runs it."""
+    from django.core.management import call_command
+
+    from invocations.management.commands.generate_invocations import Command
+
+    command = Command()
+    call_command(command, count=count, seed=seed, big_tree=big_tree, stdout=io.StringIO())
+    assert command.result is not None
+    return command.result
+
+
+def delete_generated() -> None:
+    from django.core.management import call_command
+
+    call_command("generate_invocations", delete=True, stdout=io.StringIO())
+
+
+def table_sizes() -> str:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_size_pretty(pg_relation_size('invocations_invocation')), "
+            "pg_size_pretty(pg_indexes_size('invocations_invocation')), "
+            "(SELECT count(*) FROM pg_indexes WHERE tablename = 'invocations_invocation')"
+        )
+        heap, indexes, n = cursor.fetchone()
+    return f"invocations table {heap} + {n} indexes {indexes}"
+
+
+# ---------------------------------------------------------------- 1. list page
+
+
+def list_requests() -> list[Request]:
+    """The nine list requests; cursors computed the way the page computes them."""
+    from invocations import selectors
+    from invocations.filters import InvocationFilters
+    from invocations.models import Invocation
+
+    after = None
+    for _ in range(20):  # follow "Next page" 20 times: the 21st page
+        page = selectors.invocation_list(filters=InvocationFilters(), after=after)
+        after = page.next_cursor
+    assert after is not None
+    # The oldest 1%: the cursor a reader would hold after paging through 99% of the table.
+    n = Invocation.objects.count()
+    created_at, deep_id = Invocation.objects.order_by("-created_at", "-id").values_list("created_at", "id")[
+        int(0.99 * n)
+    ]
+    deep = selectors.Cursor(created_at, deep_id)
+    # The last page: the cursor of the 51st oldest row leaves exactly the 50 oldest.
+    created_at, last_id = Invocation.objects.order_by("created_at", "id").values_list("created_at", "id")[50]
+    last = selectors.Cursor(created_at, last_id)
+    # An id prefix of 14 characters, as someone pasting the start of an id would type.
+    some_id = Invocation.objects.order_by("-created_at").values_list("id", flat=True)[1000]
+    return [
+        Request("first page", "/invocations/"),
+        Request("page 21 (20 cursors in)", f"/invocations/?after={after.encode()}"),
+        Request("oldest 1% (99% deep)", f"/invocations/?after={deep.encode()}"),
+        Request("last page (oldest 50)", f"/invocations/?after={last.encode()}"),
+        Request("status=running", "/invocations/?status=running"),
+        Request("service+handler", "/invocations/?service=Checkout&handler=order"),
+        Request("id prefix (14 chars)", f"/invocations/?q={some_id[:14]}"),
+        Request("sort=-duration", "/invocations/?sort=-duration"),
+        Request("htmx partial (first page)", "/invocations/", htmx=True),
+    ]
+
+
+def main_query(timed: Timed) -> Query:
+    return next(q for q in timed.queries if "LIMIT 51" in q.sql)
+
+
+def counts_queries(timed: Timed) -> list[Query]:
+    """The status-chip counts: one capped COUNT per status."""
+    return [q for q in timed.queries if "COUNT(*)" in q.sql]
+
+
+def explain_counts(timed: Timed) -> tuple[float, str]:
+    """All the chip counts of a page: their total time, and the plan of the slowest."""
+    runs = [explain(q) for q in counts_queries(timed)]
+    slowest = max(runs, key=lambda r: r[0])
+    return sum(r[0] for r in runs), f"{len(runs)} capped counts; slowest: {slowest[1]}"
+
+
+# ---------------------------------------------------------------- 3. tree
+
+
+@dataclass
+class TreeTimes:
+    nodes: int
+    rows: int
+    html_kib: int
+    parts: dict[str, list[float]]
+
+
+def time_tree(root_id: str, reps: int) -> TreeTimes:
+    from django.template.loader import render_to_string
+    from django.utils import timezone
+
+    from invocations import selectors_detail, trees
+    from invocations.views.detail import detail_context, rows_html
+
+    inv = selectors_detail.invocation_get(root_id)
+    parts: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "tree_get (2 queries, rows decoded by the ORM)",
+            "trees.build_tree",
+            "trees.flatten",
+            "rows_html",
+            "detail_context (all of the above + header, journal)",
+            "render_to_string(#tree) alone",
+            "#tree partial: detail_context + render",
+        )
+    }
+    html = ""
+    rows: list[trees.Row] = []
+    tree = None
+    for i in range(reps + 1):
+        now = timezone.now()
+        t0 = time.perf_counter()
+        data = selectors_detail.tree_get(inv)
+        t1 = time.perf_counter()
+        tree = trees.build_tree(data.rows, data.edges, data.root_id, now=now)
+        t2 = time.perf_counter()
+        rows = trees.flatten(tree, now=now, current_id=inv.id)
+        t3 = time.perf_counter()
+        rows_html(rows)
+        t4 = time.perf_counter()
+        context = detail_context(root_id)
+        t5 = time.perf_counter()
+        html = render_to_string("invocations/detail.html#tree", context)
+        t6 = time.perf_counter()
+        if i == 0:
+            continue
+        for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t6 - t4), strict=True):
+            parts[key].append(value)
+    assert tree is not None
+    return TreeTimes(len(tree.by_id), sum(1 for r in rows if not r.is_more), len(html) // 1024, parts)
+
+
+# ---------------------------------------------------------------- 4. live freshness
+
+
+@dataclass
+class Step:
+    started: float  # time.time()
+    ended: float
+    duration_s: float
+    changed: int
+    sql_s: float  # PostgreSQL time within the step
+
+
+@dataclass
+class Change:
+    """A state (id, status) as the sync first committed it."""
+
+    modified_at: float  # Restate's, epoch seconds
+    created_at: float
+    retry_count: int
+    committed: float  # time.time() when the step that wrote it sent its list-page broadcast
+
+
+class SyncLoop:
+    """The sync command's loop (its own next_interval), in a thread, noting what each step changed."""
+
+    def __init__(self, engine: SyncEngine) -> None:
+        self.engine = engine
+        self.steps: list[Step] = []
+        self.changes: dict[tuple[str, str], Change] = {}
+        self.errors: list[str] = []
+        self.list_sent: float | None = None
+        self.sql_by_statement: dict[str, float] = {}  # statement (IN lists folded) -> seconds, over all steps
+        self._step_sql = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sync-loop", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @contextmanager
+    def timing_broadcasts(self) -> Iterator[None]:
+        """Note when each step's message to the list pages leaves (instrumentation only:
+        the message is sent exactly as without it)."""
+        from invocations import broadcast
+
+        original = broadcast._send
+
+        def send(group: str, message: dict) -> None:
+            if group == broadcast.LIST_GROUP:
+                self.list_sent = time.time()
+            original(group, message)
+
+        broadcast._send = send
+        try:
+            yield
+        finally:
+            broadcast._send = original
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
+
+    def _time_sql(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            elapsed = time.perf_counter() - t0
+            self._step_sql += elapsed
+            key = re.sub(r"\(%s(?:, %s)*\)", "(...)", sql)
+            self.sql_by_statement[key] = self.sql_by_statement.get(key, 0.0) + elapsed
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        from invocations.management.commands.sync_restate import TRANSIENT_ERRORS, Command
+
+        command = Command()  # for next_interval(): the production pacing, not a copy of it
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                self._step_sql = 0.0
+                report = None
+                t0 = time.time()
+                self.list_sent = None
+                try:
+                    with connection.execute_wrapper(self._time_sql):
+                        report = self.engine.sync_once()
+                    t1 = time.time()
+                    failures = 0
+                    self.steps.append(Step(t0, t1, report.duration_s, report.changed, self._step_sql))
+                    if report.changed_ids:
+                        self._capture(report.changed_ids, self.list_sent or t1)
+                except TRANSIENT_ERRORS as exc:
+                    failures += 1
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                    self.engine.record_failure(exc)
+                self._stop.wait(command.next_interval(report=report, failures=failures))
+        finally:
+            connection.close()
+
+    def _capture(self, ids: list[str], committed: float) -> None:
+        from invocations.models import Invocation
+
+        rows = Invocation.objects.filter(id__in=ids).values_list(
+            "id", "status", "modified_at", "created_at", "retry_count"
+        )
+        for inv_id, status, modified_at, created_at, retry_count in rows:
+            self.changes.setdefault(
+                (inv_id, status), Change(modified_at.timestamp(), created_at.timestamp(), retry_count, committed)
+            )
+
+
+# Installed before any page script: every WebSocket notes each message's arrival time
+# (the event's own timestamp, on the page's clock = this machine's wall clock).
+RECORDER_JS = """
+(() => {
+  const Native = window.WebSocket;
+  const log = (window.__wsLog = []);
+  const pageId = Math.random().toString(36).slice(2);
+  const at = (e) => performance.timeOrigin + (e && e.timeStamp ? e.timeStamp : performance.now());
+  class Recording extends Native {
+    constructor(url, protocols) {
+      super(url, protocols);
+      const u = String(url);
+      this.addEventListener("open", (e) => log.push({ page: pageId, url: u, t: at(e), open: true }));
+      this.addEventListener("message", (e) =>
+        log.push({ page: pageId, url: u, t: at(e), data: typeof e.data === "string" ? e.data : "" }));
+    }
+  }
+  window.WebSocket = Recording;
+})();
+"""
+ROW_RE = re.compile(r'<tr id="row-(inv_[0-9A-Za-z]+)"[^>]*>.*?<span class="status">([a-z-]+)</span>', re.S)
+BANNER_RE = re.compile(r'<div id="new-banner"[^>]*>(?:<a [^>]*>(\d+) new invocation)?')
+
+
+@dataclass
+class Session:
+    """One page load: its websocket (one URL, one `since`), when it opened, what arrived."""
+
+    page: str
+    url: str = ""
+    opened: float | None = None
+    since: float | None = None
+    rows: list[tuple[float, str, str]] = field(default_factory=list)  # arrival, id, status
+    banners: list[tuple[float, int]] = field(default_factory=list)  # arrival, count
+    messages: int = 0
+
+
+def sessions_from_log(entries: list[dict[str, Any]]) -> list[Session]:
+    sessions: dict[str, Session] = {}
+    for e in entries:
+        key = f"{e['page']} {e['url']}"
+        s = sessions.setdefault(key, Session(page=key, url=e["url"]))
+        t = e["t"] / 1000
+        if e.get("open"):
+            s.opened = t if s.opened is None else min(s.opened, t)
+            raw = parse_qs(urlsplit(e["url"]).query).get("since", [""])[0]
+            if raw:
+                s.since = datetime.fromisoformat(raw.replace(" ", "+")).timestamp()
+            continue
+        s.messages += 1
+        data = e.get("data") or ""
+        for inv_id, status in ROW_RE.findall(data):
+            s.rows.append((t, inv_id, status))
+        if m := BANNER_RE.search(data):
+            s.banners.append((t, int(m.group(1) or 0)))
+    return [s for s in sessions.values() if s.opened is not None]
+
+
+@dataclass
+class Sample:
+    kind: str  # "row" or "new"
+    freshness: float  # Restate's time of the change -> arrival in the browser
+    sync: float  # Restate's time of the change -> our step sent its broadcast
+    push: float  # broadcast sent -> arrival
+
+
+@dataclass
+class LiveResult:
+    samples: list[Sample]
+    steps: list[Step]
+    sessions: int
+    messages: int
+    traffic_invocations: int
+    traffic_errors: int
+    sync_errors: list[str]
+    window_s: float
+    skipped_retried: int
+    sql_by_statement: dict[str, float]  # over every step of the loop
+    steps_total: int
+
+
+def freshness_samples(
+    sessions: list[Session], changes: dict[tuple[str, str], Change], window: tuple[float, float]
+) -> tuple[list[Sample], int]:
+    from invocations.models import Invocation
+
+    samples: list[Sample] = []
+    skipped_retried = 0
+    # Row status changes: the first fragment with that (id, status) after Restate made the change,
+    # on a page that was already listening when it happened.
+    first_fragment: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for s in sessions:
+        assert s.opened is not None
+        for t, inv_id, status in s.rows:
+            first_fragment.setdefault((inv_id, status), []).append((t, s.opened))
+    for key, change in changes.items():
+        if not window[0] <= change.modified_at <= window[1] or key not in first_fragment:
+            continue
+        if change.retry_count:
+            skipped_retried += 1  # a retry changes the row without moving modified_at
+            continue
+        arrivals = sorted(t for t, opened in first_fragment[key] if opened < change.modified_at <= t)
+        if arrivals:
+            samples.append(
+                Sample(
+                    "row",
+                    arrivals[0] - change.modified_at,
+                    change.committed - change.modified_at,
+                    arrivals[0] - change.committed,
+                )
+            )
+    # New invocations: the banner counts rows created after the page's newest row; the rows it
+    # counts first are those our sync inserted first, so rank k is in the first message counting >= k.
+    committed_by_id: dict[str, float] = {}
+    for (inv_id, _status), c in changes.items():
+        committed_by_id[inv_id] = min(c.committed, committed_by_id.get(inv_id, c.committed))
+    for s in sessions:
+        if s.since is None or not s.banners or s.opened is None:
+            continue
+        newer = list(
+            Invocation.objects.filter(created_at__gt=datetime.fromtimestamp(s.since, UTC))
+            .order_by("first_seen_at", "id")
+            .values_list("id", "created_at")
+        )
+        known = s.banners[0][1]  # counted when the page connected: not a push
+        for rank, (inv_id, created_at) in enumerate(newer, start=1):
+            if rank <= known:
+                continue
+            arrival = next((t for t, count in s.banners if count >= rank), None)
+            created = created_at.timestamp()
+            if arrival is None or created <= s.opened or not window[0] <= created <= window[1]:
+                continue
+            committed = committed_by_id.get(inv_id, arrival)
+            samples.append(Sample("new", arrival - created, committed - created, arrival - committed))
+    return samples, skipped_retried
+
+
+def start_daphne(database_url: str, redis_url: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    import socket
+
+    from demo.stack import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+        "LOG_LEVEL": "WARNING",
+    }
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    log = open(log_path, "wb")  # noqa: SIM115 - the child holds it; closed when the process is reaped
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"daphne did not start: {log_path.read_text(errors='replace')[-2000:]}") from None
+            time.sleep(0.1)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def live_freshness(
+    *, tmp: Path, database_url: str, redis_url: str, rate: float, warmup_s: float, window_s: float, reload_s: float
+) -> LiveResult:
+    from demo.stack import DemoStack
+    from demo.traffic import run_traffic
+    from invocations.models import SyncState
+    from invocations.restate import RestateClient
+    from invocations.sync.engine import SyncEngine
+
+    stack: DemoStack | None = None
+    daphne: subprocess.Popen[bytes] | None = None
+    loop: SyncLoop | None = None
+    stop_traffic = threading.Event()
+    traffic_thread: threading.Thread | None = None
+    stats_box: list[Any] = []
+    entries: list[dict[str, Any]] = []
+    traffic_client: RestateClient | None = None
+    sync_client: RestateClient | None = None
+    exits = contextlib.ExitStack()
+    try:
+        progress("starting restate-server and the demo services")
+        stack = DemoStack.start(tmp / "stack")
+        progress("starting daphne")
+        daphne, base_url = start_daphne(database_url, redis_url, tmp / "daphne.log")
+        traffic_client = RestateClient(stack.admin_url, stack.ingress_url, timeout=30)
+        sync_client = RestateClient(stack.admin_url, stack.ingress_url, timeout=30)
+        # The periodic reconcile (every 180 s) would mark the synthetic rows gone from this
+        # Restate, which never held them: count it as done, so the window sees steady steps.
+        SyncState.load()
+        SyncState.objects.filter(id=1).update(last_reconcile_at=datetime.now(UTC))
+        loop = SyncLoop(SyncEngine(sync_client))
+        exits.enter_context(loop.timing_broadcasts())
+        loop.start()
+
+        def traffic() -> None:
+            assert traffic_client is not None
+            stats_box.append(run_traffic(traffic_client, rate_per_s=rate, stop_event=stop_traffic))
+
+        traffic_thread = threading.Thread(target=traffic, name="traffic", daemon=True)
+        traffic_thread.start()
+        progress(f"demo traffic at {rate:g} patterns/s; {warmup_s:.0f} s warm-up, then Chromium")
+        time.sleep(warmup_s)
+
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            try:
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})
+                context.add_init_script(RECORDER_JS)
+                page = context.new_page()
+                page.set_default_timeout(30_000)
+                page.goto(f"{base_url}/login/?next=/invocations/")
+                page.fill("#id_username", USERNAME)
+                page.fill("#id_password", PASSWORD)
+                page.click("section.login button[type=submit]")
+                page.wait_for_url(f"{base_url}/invocations/")
+                page.wait_for_selector("#live[data-state=live]")
+                window_start = time.time()
+                progress(f"measuring for {window_s:.0f} s (list page reloaded every {reload_s:.0f} s)")
+                while time.time() - window_start < window_s:
+                    page.wait_for_timeout(min(reload_s, window_s - (time.time() - window_start)) * 1000)
+                    entries += page.evaluate("window.__wsLog.splice(0)")
+                    if time.time() - window_start < window_s:
+                        page.reload()
+                        page.wait_for_selector("#live[data-state=live]")
+                window_end = time.time()
+                # Let changes made at the end of the window arrive before the last read.
+                stop_traffic.set()
+                page.wait_for_timeout(4000)
+                entries += page.evaluate("window.__wsLog.splice(0)")
+            finally:
+                browser.close()
+        stop_traffic.set()
+        traffic_thread.join(timeout=30)
+        loop.stop()
+        sessions = sessions_from_log(entries)
+        samples, skipped = freshness_samples(sessions, loop.changes, (window_start, window_end))
+        steps = [s for s in loop.steps if window_start <= s.started <= window_end]
+        stats = stats_box[0] if stats_box else None
+        return LiveResult(
+            samples=samples,
+            steps=steps,
+            sessions=len(sessions),
+            messages=sum(s.messages for s in sessions),
+            traffic_invocations=stats.invocations if stats else 0,
+            traffic_errors=stats.errors if stats else 0,
+            sync_errors=loop.errors,
+            window_s=window_end - window_start,
+            skipped_retried=skipped,
+            sql_by_statement=loop.sql_by_statement,
+            steps_total=len(loop.steps),
+        )
+    finally:
+        stop_traffic.set()
+        if traffic_thread is not None:
+            traffic_thread.join(timeout=30)
+        if loop is not None:
+            loop.stop()
+        exits.close()
+        stop_process(daphne)
+        for client in (traffic_client, sync_client):
+            if client is not None:
+                client.close()
+        if stack is not None:
+            stack.stop()
+
+
+def describe(values: Sequence[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"{ms(statistics.median(values))} / {ms(quantile(values, 0.95))} / {ms(max(values))}"
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--count", type=int, default=1_000_000, help="invocations generated for the measurements")
+    parser.add_argument("--baseline", type=int, default=10_000, help="invocations for the baseline run")
+    parser.add_argument("--big-tree", type=int, default=10_000, help="nodes in the big tree")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=30, help="rounds of list requests (and small detail pages)")
+    parser.add_argument("--big-reps", type=int, default=20, help="rounds of big-tree detail pages")
+    parser.add_argument("--tree-reps", type=int, default=10, help="rounds of tree building/rendering")
+    parser.add_argument("--rate", type=float, default=8.0, help="demo traffic patterns per second")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds of traffic before the browser connects")
+    parser.add_argument("--window", type=float, default=60.0, help="seconds of live measurement")
+    parser.add_argument("--reload", type=float, default=10.0, help="seconds between list page reloads")
+    parser.add_argument("--no-live", action="store_true", help="skip the live-update part (no Restate, no browser)")
+    args = parser.parse_args(argv)
+
+    if not args.no_live and not Path(CHROMIUM).exists():
+        say(f"{CHROMIUM} is missing: `make browser` installs Debian's Chromium (or pass --no-live)")
+        return 2
+
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="pages-bench-"))
+    scratch: ScratchDatabase | None = None
+    redis_proc: subprocess.Popen[bytes] | None = None
+    try:
+        progress("scratch database, Redis, migrations")
+        scratch = ScratchDatabase.create("pages")
+        from dashboard import embedded_redis
+        from demo.stack import free_port
+
+        redis_port = free_port()
+        redis_proc = embedded_redis.start(tmp / "redis", redis_port)
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        # Settings read these: the sync loop's broadcasts go through Redis to Daphne.
+        os.environ["DATABASE_URL"] = scratch.url
+        os.environ["REDIS_URL"] = redis_url
+        os.environ["LOG_LEVEL"] = "WARNING"
+        # Playwright's sync API runs an event loop in this thread; our ORM calls stay synchronous.
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+        import django
+
+        django.setup()
+        from django.contrib.auth.models import User
+        from django.core.management import call_command
+        from django.db import connection
+        from django.test import Client
+
+        call_command("migrate", verbosity=0)
+        user = User.objects.create_user(USERNAME, password=PASSWORD)
+        client = Client(HTTP_HOST="localhost")
+        client.force_login(user)
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW server_version")
+            pg_version = cursor.fetchone()[0]
+        say(f"Page benchmark ({os.cpu_count()} CPUs, PostgreSQL {pg_version}; times are server time in-process)")
+
+        # ---- baseline data set
+        progress(f"generating {args.baseline:,} invocations (baseline)")
+        small = generate(args.baseline, seed=args.seed, big_tree=0)
+        assert small.small_tree_node
+        progress(f"baseline: list and detail requests x{args.reps}")
+        base_list = time_requests(client, list_requests(), args.reps)
+        base_detail = time_requests(
+            client, [Request("node of a 4-node tree", f"/invocations/{small.small_tree_node}/")], args.reps
+        )
+        delete_generated()
+
+        # ---- the big data set
+        progress(f"generating {args.count:,} invocations with manage.py generate_invocations")
+        big = generate(args.count, seed=args.seed, big_tree=args.big_tree)
+        assert big.small_tree_node and big.big_tree_root and big.big_tree_leaf
+        say(
+            f"\nData: {big.invocations:,} invocations in {big.trees:,} trees, {big.edges:,} edges, generated in "
+            f"{big.seconds:.1f} s by `manage.py generate_invocations` (VACUUM ANALYZE included); {table_sizes()}"
+        )
+        say(f"      baseline: {small.invocations:,} invocations generated in {small.seconds:.1f} s")
+        scale, base_scale = short_count(big.invocations), short_count(small.invocations)
+        progress(f"list requests x{args.reps}")
+        requests = list_requests()
+        big_list = time_requests(client, requests, args.reps)
+
+        say(f"\n1. List page /invocations/ with {big.invocations:,} invocations ({args.reps} rounds, ms)")
+        rows = []
+        for req in requests:
+            t, b = big_list[req.label], base_list[req.label]
+            rows.append(
+                [
+                    req.label,
+                    ms(t.median),
+                    ms(t.p95),
+                    f"{t.sql_share:.0%}",
+                    ms(b.median),
+                    f"{t.median / b.median:.1f}x",
+                ]
+            )
+        say(table(["request", "median", "p95", "SQL share", f"median @{base_scale}", f"{scale} / {base_scale}"], rows))
+        progress("EXPLAIN ANALYZE of each page's queries")
+        say(f"\n   The page's own queries, as it ran them (EXPLAIN ANALYZE at {big.invocations:,}, best of 3; ms)")
+        rows = []
+        plans = []
+        counts_s: dict[str, float] = {}
+        for req in requests:
+            t = big_list[req.label]
+            page_s, page_plan = explain(main_query(t))
+            count_s, count_plan = explain_counts(t)
+            counts_s[req.label] = count_s
+            rows.append([req.label, ms(page_s), ms(count_s), f"{ms(t.slowest.seconds)}", f"{t.median / page_s:.0f}x"])
+            plans.append((req.label, page_plan, count_plan))
+        say(table(["request", "rows query", "status counts", "slowest query in page", "page / rows query"], rows))
+        say("\n   Plans (top nodes down to the scan):")
+        for label, page_plan, count_plan in plans:
+            say(f"   {label}:\n     rows:   {page_plan}\n     counts: {count_plan}")
+
+        progress("detail pages")
+        detail = time_requests(
+            client, [Request("node of a 4-node tree", f"/invocations/{big.small_tree_node}/")], args.reps
+        )
+        detail |= time_requests(
+            client,
+            [
+                Request(f"root of the {big.big_tree_size:,}-node tree", f"/invocations/{big.big_tree_root}/"),
+                Request(f"deepest leaf of the {big.big_tree_size:,}-node tree", f"/invocations/{big.big_tree_leaf}/"),
+            ],
+            args.big_reps,
+        )
+        say(f"\n2. Detail page /invocations/<id>/ with {big.invocations:,} invocations (ms)")
+        b = base_detail["node of a 4-node tree"]
+        say(
+            table(
+                ["page", "runs", "median", "p95", "SQL share", "KiB", f"/ 4-node @{base_scale}"],
+                [
+                    [
+                        label,
+                        len(t.seconds),
+                        ms(t.median),
+                        ms(t.p95),
+                        f"{t.sql_share:.0%}",
+                        t.size // 1024,
+                        f"{t.median / b.median:.1f}x",
+                    ]
+                    for label, t in detail.items()
+                ]
+                + [
+                    [
+                        f"baseline: node of a 4-node tree @{small.invocations:,}",
+                        len(b.seconds),
+                        ms(b.median),
+                        ms(b.p95),
+                        f"{b.sql_share:.0%}",
+                        b.size // 1024,
+                        "1.0x",
+                    ]
+                ],
+            )
+        )
+        leaf = detail[f"deepest leaf of the {big.big_tree_size:,}-node tree"]
+        say(f"   slowest query on the big-tree leaf page: {ms(leaf.slowest.seconds)} ms: {short_sql(leaf.slowest.sql)}")
+
+        progress(f"tree build and render x{args.tree_reps}")
+        tree = time_tree(big.big_tree_root, args.tree_reps)
+        build = [sum(v) for v in zip(*(tree.parts[k] for k in list(tree.parts)[:3]), strict=True)]
+        partial = tree.parts["#tree partial: detail_context + render"]
+        say(
+            f"\n3. Tree of {tree.nodes:,} nodes ({tree.rows:,} rows rendered, {tree.html_kib} KiB partial; "
+            f"median of {args.tree_reps}, ms)"
+        )
+        say(
+            table(
+                ["part", "median", "max"],
+                [[k, ms(statistics.median(v)), ms(max(v))] for k, v in tree.parts.items()]
+                + [
+                    [
+                        "building the tree (tree_get + build_tree + flatten)",
+                        ms(statistics.median(build)),
+                        ms(max(build)),
+                    ]
+                ],
+            )
+        )
+        say(
+            f"   partial (build + render) / building alone: {statistics.median(partial) / statistics.median(build):.2f}x"
+        )
+
+        live: LiveResult | None = None
+        if not args.no_live:
+            from django.db import connections
+
+            connections.close_all()
+            live = live_freshness(
+                tmp=tmp,
+                database_url=scratch.url,
+                redis_url=redis_url,
+                rate=args.rate,
+                warmup_s=args.warmup,
+                window_s=args.window,
+                reload_s=args.reload,
+            )
+            rows_s = [s.freshness for s in live.samples if s.kind == "row"]
+            new_s = [s.freshness for s in live.samples if s.kind == "new"]
+            all_s = [s.freshness for s in live.samples]
+            sync_s = [s.sync for s in live.samples]
+            push_s = [s.push for s in live.samples]
+            step_s = [s.duration_s for s in live.steps]
+            gaps = [b.started - a.started for a, b in zip(live.steps, live.steps[1:], strict=False)]
+            say(
+                f"\n4. Live-update freshness in Chromium under demo load ({args.rate:g} patterns/s, "
+                f"{live.traffic_invocations:,} ingress invocations, {live.traffic_errors} send errors), "
+                f"{live.window_s:.0f} s, {live.sessions} page loads, {live.messages:,} websocket messages; "
+                f"{big.invocations:,} synthetic rows in the table (ms)"
+            )
+            say(
+                table(
+                    ["state change -> fragment in the browser", "samples", "p50", "p95", "max"],
+                    [
+                        [label, len(v), *describe(v).split(" / ")] if v else [label, 0, "n/a", "n/a", "n/a"]
+                        for label, v in (
+                            ("row status change (modified_at -> row fragment)", rows_s),
+                            ("new invocation (created_at -> 'N new' banner)", new_s),
+                            ("all", all_s),
+                            ("  part 1: change in Restate -> our step's broadcast", sync_s),
+                            ("  part 2: broadcast -> message in the browser", push_s),
+                        )
+                    ],
+                )
+            )
+            say(
+                f"   sync steps in the window: {len(step_s)}, step p50 {ms(statistics.median(step_s)) if step_s else 'n/a'} ms, "
+                f"p95 {ms(quantile(step_s, 0.95)) if step_s else 'n/a'} ms; poll interval (start to start) p50 "
+                f"{ms(statistics.median(gaps)) if gaps else 'n/a'} ms; sync errors {len(live.sync_errors)}; "
+                f"row changes with retries not sampled: {live.skipped_retried}"
+            )
+            if live.steps_total:
+                sql_s = [s.sql_s for s in live.steps]
+                statement, spent = max(live.sql_by_statement.items(), key=lambda kv: kv[1])
+                say(
+                    f"   PostgreSQL time per sync step p50 {ms(statistics.median(sql_s)) if sql_s else 'n/a'} ms; "
+                    f"costliest statement {ms(spent / live.steps_total)} ms per step: {short_sql(statement)}"
+                )
+
+        total_s = time.monotonic() - started
+        say("\nSummary")
+        first, b_first = big_list["first page"], base_list["first page"]
+        deep = big_list["oldest 1% (99% deep)"]
+        summary = [
+            [
+                f"list page, first page @{scale}: median / p95 (ms)",
+                f"{ms(first.median)} / {ms(first.p95)}",
+            ],
+            [
+                "list page, all 9 requests: median of medians / worst p95 (ms)",
+                f"{ms(statistics.median(t.median for t in big_list.values()))} / "
+                f"{ms(max(t.p95 for t in big_list.values()))}",
+            ],
+            ["list page, oldest 1% (99% deep): median / p95 (ms)", f"{ms(deep.median)} / {ms(deep.p95)}"],
+            [
+                f"list page first page, {scale} / {base_scale}",
+                f"{first.median / b_first.median:.1f}x (status counts query: {ms(counts_s['first page'])} ms of it)",
+            ],
+            [
+                "detail page, 4-node tree: median / p95 (ms)",
+                f"{ms(detail['node of a 4-node tree'].median)} / {ms(detail['node of a 4-node tree'].p95)}",
+            ],
+            [
+                f"detail page, {big.big_tree_size:,}-node tree leaf: median / p95 (ms)",
+                f"{ms(leaf.median)} / {ms(leaf.p95)}",
+            ],
+            [
+                f"tree partial, {tree.nodes:,} nodes: build + render median (ms)",
+                f"{ms(statistics.median(partial))} (building alone {ms(statistics.median(build))})",
+            ],
+        ]
+        if live is not None:
+            summary += [
+                ["live freshness p50 / p95 / max (ms), all samples", describe([s.freshness for s in live.samples])],
+                [
+                    "  row status changes / new-invocation banner p50 (ms)",
+                    f"{describe([s.freshness for s in live.samples if s.kind == 'row']).split(' / ')[0]} / "
+                    f"{describe([s.freshness for s in live.samples if s.kind == 'new']).split(' / ')[0]}",
+                ],
+                ["  samples", f"{len(live.samples):,}"],
+            ]
+        summary += [
+            [f"data generation, {big.invocations:,} invocations", f"{big.seconds:.1f} s"],
+            ["benchmark runtime", f"{total_s:.0f} s"],
+        ]
+        say(table(["figure", "value"], summary))
+        return 0
+    finally:
+        if scratch is not None:
+            try:
+                from django.db import connections
+
+                connections.close_all()
+            except Exception:  # noqa: BLE001 - Django may not be set up yet; the drop below still runs
+                pass
+            scratch.drop()
+        stop_process(redis_proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
