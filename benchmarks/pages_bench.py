@@ -60,6 +60,7 @@ from urllib.parse import parse_qs, urlsplit
 if TYPE_CHECKING:
     from django.test import Client
 
+    from demo.stack import ManagedProcess
     from invocations.management.commands.generate_invocations import GenerationResult
     from invocations.sync.engine import SyncEngine
 
@@ -618,41 +619,17 @@ def freshness_samples(
     return samples, skipped_retried
 
 
-def start_daphne(database_url: str, redis_url: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    from demo.stack import free_port
+def start_daphne(database_url: str, redis_url: str, log_path: Path) -> tuple[ManagedProcess, str]:
+    from demo.stack import free_port, start_web
 
     port = free_port()
     env = {
-        **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
-        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
         "LOG_LEVEL": "WARNING",
+        "DJANGO_ALLOW_ASYNC_UNSAFE": "",
     }
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    log = open(log_path, "wb")  # noqa: SIM115 - the child holds it; closed when the process is reaped
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    log.close()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"daphne did not start: {log_path.read_text(errors='replace')[-2000:]}") from None
-            time.sleep(0.1)
+    return start_web(port, log_path, env), f"http://127.0.0.1:{port}"
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
@@ -676,7 +653,7 @@ def live_freshness(
     from invocations.sync.engine import SyncEngine
 
     stack: DemoStack | None = None
-    daphne: subprocess.Popen[bytes] | None = None
+    daphne: ManagedProcess | None = None
     loop: SyncLoop | None = None
     stop_traffic = threading.Event()
     traffic_thread: threading.Thread | None = None
@@ -766,7 +743,8 @@ def live_freshness(
         if loop is not None:
             loop.stop()
         exits.close()
-        stop_process(daphne)
+        if daphne is not None:
+            daphne.stop()
         for client in (traffic_client, sync_client):
             if client is not None:
                 client.close()

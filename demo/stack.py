@@ -118,6 +118,15 @@ def wait_for_port(proc: ManagedProcess, port: int, timeout_s: float = 30.0) -> N
     _fail(proc, f"did not listen on port {port} within {timeout_s:.0f}s")
 
 
+def start_web(port: int, log_path: Path, env: dict[str, str] | None = None) -> ManagedProcess:
+    """The dashboard's ASGI server (Daphne) on 127.0.0.1:`port`, as `make run`, the browser
+    tests and the page benchmark run it; `env` adds e.g. DATABASE_URL and REDIS_URL."""
+    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"]
+    proc = spawn("web server", argv, log_path, env)
+    wait_for_port(proc, port)
+    return proc
+
+
 def start_restate(
     base_dir: Path,
     *,

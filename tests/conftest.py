@@ -70,3 +70,15 @@ def wait_for_restate(
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def wait_completed(restate: RestateClient, invocation_id: str, *, timeout: float = 60.0) -> None:
+    """Wait until Restate's own SQL says the invocation completed."""
+    from invocations.restate import sql_literal
+
+    wait_for_restate(
+        restate,
+        f"SELECT status FROM sys_invocation WHERE id = {sql_literal(invocation_id)}",
+        lambda rows: bool(rows) and rows[0]["status"] == "completed",
+        timeout=timeout,
+    )

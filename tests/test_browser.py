@@ -5,12 +5,7 @@ services, real PostgreSQL, and Redis carrying live updates from the sync engine
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,10 +18,10 @@ from django.test import override_settings
 
 from dashboard import embedded_redis
 from demo import traffic
-from demo.stack import free_port
+from demo.stack import free_port, start_web
 from invocations.restate import RestateClient, sql_literal
 from invocations.sync.engine import SyncEngine
-from tests.conftest import wait_for_restate
+from tests.conftest import wait_completed, wait_for_restate
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,36 +44,15 @@ def web(transactional_db: None, redis_url: str, tmp_path: Path) -> Iterator[str]
     User.objects.create_user("browser", password=PASSWORD)
     db = connection.settings_dict
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgresql://{db['USER']}:@/{db['NAME']}?host={db['HOST']}",
-        "REDIS_URL": redis_url,
-        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
-    }
-    log = open(tmp_path / "daphne.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "dashboard.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    server = start_web(
+        port,
+        tmp_path / "daphne.log",
+        {"DATABASE_URL": f"postgresql://{db['USER']}:@/{db['NAME']}?host={db['HOST']}", "REDIS_URL": redis_url},
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.close()
-                pytest.fail(f"daphne did not start: {(tmp_path / 'daphne.log').read_text()[-2000:]}")
-            time.sleep(0.1)
     layers = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}}
     with override_settings(CHANNEL_LAYERS=layers):
         yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    server.stop()
 
 
 @pytest.fixture
@@ -119,19 +93,11 @@ def sync_step(engine: SyncEngine) -> None:
     connection.close()  # the worker's connection is gone with it; keep ours fresh too
 
 
-def _completed(restate: RestateClient, inv_id: str) -> None:
-    wait_for_restate(
-        restate,
-        f"SELECT status FROM sys_invocation WHERE id = {sql_literal(inv_id)}",
-        lambda r: r and r[0]["status"] == "completed",
-    )
-
-
 def test_filter_the_list_and_see_a_new_invocation_arrive_live(
     page: Any, web: str, restate: RestateClient, engine: SyncEngine
 ) -> None:
     first = traffic.fire_call_service(restate)[0]
-    _completed(restate, first)
+    wait_completed(restate, first)
     sync_step(engine)
     page.goto(f"{web}/invocations/")
     page.wait_for_selector(f"#row-{first}")
@@ -147,7 +113,7 @@ def test_filter_the_list_and_see_a_new_invocation_arrive_live(
 
     # The demo fires another one; after a sync step the page says so without a reload.
     second = traffic.fire_call_service(restate)[0]
-    _completed(restate, second)
+    wait_completed(restate, second)
     sync_step(engine)
     banner = page.wait_for_selector("#new-banner a")
     assert "1 new invocation" in banner.inner_text()
@@ -159,7 +125,7 @@ def test_tree_shows_a_scheduled_delayed_send_with_its_fire_time(
     page: Any, web: str, restate: RestateClient, engine: SyncEngine
 ) -> None:
     root = traffic.fire_delayed_sends(restate)[0]
-    _completed(restate, root)
+    wait_completed(restate, root)
     wait_for_restate(
         restate, f"SELECT id FROM sys_invocation WHERE invoked_by_id = {sql_literal(root)}", lambda r: len(r) >= 5
     )

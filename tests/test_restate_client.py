@@ -17,7 +17,7 @@ from invocations.restate import (
     sql_list,
     sql_literal,
 )
-from tests.conftest import wait_for_restate
+from tests.conftest import wait_completed, wait_for_restate
 from tests.test_quoting import HOSTILE
 
 pytestmark = pytest.mark.integration
@@ -68,11 +68,7 @@ def test_operation_outcomes(restate: RestateClient) -> None:
     assert restate.output(long_id).state is ResultState.NOT_READY
     result = restate.cancel(long_id)
     assert result.ok and result.outcome is Outcome.DONE
-    wait_for_restate(
-        restate,
-        f"SELECT status FROM sys_invocation WHERE id = {sql_literal(long_id)}",
-        lambda r: r[0]["status"] == "completed",
-    )
+    wait_completed(restate, long_id)
     again = restate.cancel(long_id)
     assert again.outcome is Outcome.CONFLICT and "nothing to cancel" in again.message
     assert restate.pause(long_id).outcome is Outcome.CONFLICT

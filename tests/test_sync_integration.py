@@ -22,7 +22,7 @@ from invocations.models import (
 )
 from invocations.restate import RestateClient, RestateUnavailable, sql_list, sql_literal
 from invocations.sync.engine import SyncEngine
-from tests.conftest import sync_until, wait_for_restate
+from tests.conftest import sync_until, wait_completed, wait_for_restate
 
 pytestmark = pytest.mark.integration
 
@@ -68,11 +68,7 @@ def settle(engine: SyncEngine, restate: RestateClient, ids: list[str], *, timeou
 
 def test_request_response_calls_to_service_object_and_workflow(engine: SyncEngine, restate: RestateClient) -> None:
     root = traffic.fire_call_service(restate)[0]
-    wait_for_restate(
-        restate,
-        f"SELECT status FROM sys_invocation WHERE id = {sql_literal(root)}",
-        lambda r: r and r[0]["status"] == "completed",
-    )
+    wait_completed(restate, root)
     ids = tree_ids(restate, root)
     assert len(ids) >= 4, "a Service, a Virtual Object and a Workflow were called"
     settle(engine, restate, ids)
@@ -116,11 +112,7 @@ def test_one_way_and_delayed_sends(engine: SyncEngine, restate: RestateClient) -
 
 def test_sends_do_not_make_the_parent_wait(engine: SyncEngine, restate: RestateClient) -> None:
     root = traffic.fire_sends(restate)[0]
-    wait_for_restate(
-        restate,
-        f"SELECT status FROM sys_invocation WHERE id = {sql_literal(root)}",
-        lambda r: r and r[0]["status"] == "completed",
-    )
+    wait_completed(restate, root)
     children = wait_for_restate(
         restate, f"SELECT id FROM sys_invocation WHERE invoked_by_id = {sql_literal(root)}", lambda r: len(r) >= 2
     )
@@ -213,11 +205,7 @@ def test_idempotency_key_resolves_to_the_same_invocation(engine: SyncEngine, res
     ids = traffic.fire_idempotent(restate, key=key)
     assert len(ids) == 1, "two ingress sends with one key are one invocation"
     root = ids[0]
-    wait_for_restate(
-        restate,
-        f"SELECT status FROM sys_invocation WHERE id = {sql_literal(root)}",
-        lambda r: r and r[0]["status"] == "completed",
-    )
+    wait_completed(restate, root)
     settle(engine, restate, tree_ids(restate, root))
     assert Invocation.objects.get(id=root).idempotency_key == f"order-{key}"
     # Two in-handler calls with one idempotency key: one child, reached by both call entries.
@@ -239,11 +227,7 @@ def test_cancelled_saga_shows_compensations(engine: SyncEngine, restate: Restate
         lambda r: r[0]["status"] in ("suspended", "running"),
     )
     assert restate.cancel(saga).ok
-    wait_for_restate(
-        restate,
-        f"SELECT status FROM sys_invocation WHERE id = {sql_literal(saga)}",
-        lambda r: r[0]["status"] == "completed",
-    )
+    wait_completed(restate, saga)
     after = restate.query(children_sql)
     assert len(after) > len(before), "compensations ran as new children"
     settle(engine, restate, [saga, *(r["id"] for r in after)])
@@ -254,11 +238,7 @@ def test_cancelled_saga_shows_compensations(engine: SyncEngine, restate: Restate
 
 def test_cross_language_tree(engine: SyncEngine, restate: RestateClient) -> None:
     root = traffic.fire_cross_language(restate)[0]
-    wait_for_restate(
-        restate,
-        f"SELECT status FROM sys_invocation WHERE id = {sql_literal(root)}",
-        lambda r: r and r[0]["status"] == "completed",
-    )
+    wait_completed(restate, root)
     ids = tree_ids(restate, root)
     settle(engine, restate, ids)
     services = set(Invocation.objects.filter(root_id=root).values_list("service_name", flat=True))
@@ -305,11 +285,7 @@ def test_restate_outage_mid_sync_loses_and_duplicates_nothing(
     after = [traffic.fire_call_service(restate)[0] for _ in range(3)]
     all_ids: list[str] = []
     for root in before + after:
-        wait_for_restate(
-            restate,
-            f"SELECT status FROM sys_invocation WHERE id = {sql_literal(root)}",
-            lambda r: r and r[0]["status"] == "completed",
-        )
+        wait_completed(restate, root)
         all_ids += tree_ids(restate, root)
     settle(engine, restate, all_ids)
     assert SyncState.load().consecutive_failures == 0
@@ -324,11 +300,7 @@ def test_restate_outage_mid_sync_loses_and_duplicates_nothing(
 
 def test_purged_invocation_is_kept_and_marked_gone(engine: SyncEngine, restate: RestateClient) -> None:
     inv_id = traffic.fire_greet(restate)[0]
-    wait_for_restate(
-        restate,
-        f"SELECT status FROM sys_invocation WHERE id = {sql_literal(inv_id)}",
-        lambda r: r and r[0]["status"] == "completed",
-    )
+    wait_completed(restate, inv_id)
     settle(engine, restate, [inv_id])
     assert engine.reconcile() == 0
     assert restate.purge(inv_id).ok

@@ -23,7 +23,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from dashboard import embedded_redis
-from demo.stack import DemoStack, ManagedProcess, spawn
+from demo.stack import DemoStack, ManagedProcess, spawn, start_web
 
 ADMIN_USER = "admin"
 DEMO_PORTS = {"node": 15122, "python": 19080, "ts": 19081}
@@ -96,22 +96,7 @@ class Command(BaseCommand):
             else:
                 self.stdout.write(f"Using your Restate at {settings.RESTATE_ADMIN_URL} (no demo services started).")
             processes.append(spawn("sync engine", [*manage, "sync_restate"], logs / "sync.log"))
-            processes.append(
-                spawn(
-                    "web server",
-                    [
-                        sys.executable,
-                        "-m",
-                        "daphne",
-                        "-b",
-                        "127.0.0.1",
-                        "-p",
-                        str(options["port"]),
-                        "dashboard.asgi:application",
-                    ],
-                    logs / "web.log",
-                )
-            )
+            processes.append(start_web(options["port"], logs / "web.log"))
             url = f"http://127.0.0.1:{options['port']}/"
             log_dirs = f"{logs}/" + (f" and {stack.log_dir}/" if stack else "")
             self.stdout.write(
