@@ -60,9 +60,9 @@ from urllib.parse import parse_qs, urlsplit
 if TYPE_CHECKING:
     from django.test import Client
 
+    from demo.management.commands.generate_invocations import GenerationResult
     from demo.stack import ManagedProcess
-    from invocations.management.commands.generate_invocations import GenerationResult
-    from invocations.sync.engine import SyncEngine
+    from invocations.mirror.sync.engine import SyncEngine
 
 from benchmarks.report import progress, say, table
 from benchmarks.scratch import ScratchDatabase
@@ -230,7 +230,7 @@ def generate(count: int, *, seed: int, big_tree: int) -> GenerationResult:
     """Our command, as `manage.py generate_invocations --count N --seed S --big-tree B` runs it."""
     from django.core.management import call_command
 
-    from invocations.management.commands.generate_invocations import Command
+    from demo.management.commands.generate_invocations import Command
 
     command = Command()
     call_command(command, count=count, seed=seed, big_tree=big_tree, stdout=io.StringIO())
@@ -262,9 +262,9 @@ def table_sizes() -> str:
 
 def list_requests() -> list[Request]:
     """The nine list requests; cursors computed the way the page computes them."""
-    from invocations import selectors
-    from invocations.filters import InvocationFilters
     from invocations.models import Invocation
+    from invocations.reads.filters import InvocationFilters
+    from invocations.reads.selectors import invocations as selectors
 
     after = None
     for _ in range(20):  # follow "Next page" 20 times: the 21st page
@@ -326,8 +326,10 @@ def time_tree(root_id: str, reps: int) -> TreeTimes:
     from django.template.loader import render_to_string
     from django.utils import timezone
 
-    from invocations import selectors_detail, trees
-    from invocations.views.detail import detail_context, rows_html
+    from invocations.graph import trees
+    from invocations.reads.presenters.detail import detail_context
+    from invocations.reads.presenters.waterfall import rows_html
+    from invocations.reads.selectors import detail as selectors_detail
 
     inv = selectors_detail.invocation_get(root_id)
     parts: dict[str, list[float]] = {
@@ -411,20 +413,21 @@ class SyncLoop:
     def timing_broadcasts(self) -> Iterator[None]:
         """Note when each step's message to the list pages leaves (instrumentation only:
         the message is sent exactly as without it)."""
-        from invocations import broadcast
 
-        original = broadcast._send
+        from invocations.mirror import events
+
+        original = events._send
 
         def send(group: str, message: dict) -> None:
-            if group == broadcast.LIST_GROUP:
+            if group == events.LIST_GROUP:
                 self.list_sent = time.time()
             original(group, message)
 
-        broadcast._send = send
+        events._send = send
         try:
             yield
         finally:
-            broadcast._send = original
+            events._send = original
 
     def stop(self) -> None:
         self._stop.set()
@@ -648,9 +651,9 @@ def live_freshness(
 ) -> LiveResult:
     from demo.stack import DemoStack
     from demo.traffic import run_traffic
+    from invocations.mirror.sync.engine import SyncEngine
     from invocations.models import SyncState
     from invocations.restate import RestateClient
-    from invocations.sync.engine import SyncEngine
 
     stack: DemoStack | None = None
     daphne: ManagedProcess | None = None

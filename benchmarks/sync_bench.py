@@ -48,8 +48,8 @@ import psycopg
 
 if TYPE_CHECKING:
     from demo.stack import DemoStack
+    from invocations.mirror.sync.engine import SyncEngine
     from invocations.restate import RestateClient
-    from invocations.sync.engine import SyncEngine
 
 from benchmarks.report import progress, say, table
 from benchmarks.scratch import ScratchDatabase
@@ -145,9 +145,9 @@ class ReadResult:
 
 def read_only(client: RestateClient, engine: SyncEngine) -> ReadResult:
     """The engine's reads with nothing written: one scan, then journals by id in chunks of 200."""
+    from invocations.mirror.sync import mapping
+    from invocations.mirror.sync.engine import JOURNAL_IDS_PER_QUERY
     from invocations.restate import sql_list
-    from invocations.sync import mapping
-    from invocations.sync.engine import JOURNAL_IDS_PER_QUERY
 
     t0 = time.monotonic()
     rows = [row for batch in client.query_batches(engine.invocation_scan_sql(None)) for row in batch]
@@ -276,8 +276,8 @@ class EngineRun:
 
 
 def engine_full_sync(client: RestateClient, *, profile: bool = False) -> EngineRun:
+    from invocations.mirror.sync.engine import SyncEngine
     from invocations.models import Invocation, InvocationEdge, JournalEntry
-    from invocations.sync.engine import SyncEngine
 
     empty_mirror()
     engine = SyncEngine(client)
@@ -576,9 +576,9 @@ def steady_load(stack: DemoStack, *, rate: float, window_s: float, tail_s: float
       then tail_s more of sync, and the missed-rows check.
     """
     from demo.traffic import run_traffic
+    from invocations.mirror.sync.engine import SyncEngine
     from invocations.models import Invocation
     from invocations.restate import RestateClient, sql_list
-    from invocations.sync.engine import SyncEngine
 
     restate_pid = restate_binary_pid(stack.base_dir / "restate")
     half = window_s / 2
@@ -719,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from django.db import connections
 
         from demo.stack import DemoStack
-        from invocations.sync.engine import SyncEngine
+        from invocations.mirror.sync.engine import SyncEngine
 
         progress("starting restate-server and the demo services")
         stack = DemoStack.start(tmp / "stack")

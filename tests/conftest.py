@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from invocations.mirror.sync.engine import StepReport, SyncEngine
 from invocations.restate import RestateClient
-from invocations.sync.engine import StepReport, SyncEngine
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,8 @@ from django.test import override_settings
 from dashboard import embedded_redis
 from demo import traffic
 from demo.stack import free_port, start_web
+from invocations.mirror.sync.engine import SyncEngine
 from invocations.restate import RestateClient, sql_literal
-from invocations.sync.engine import SyncEngine
 from tests.conftest import wait_completed, wait_for_restate
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]

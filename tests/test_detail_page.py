@@ -13,10 +13,11 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from demo import traffic
+from invocations.mirror.sync.engine import SyncEngine
 from invocations.models import Deployment, Invocation, InvocationEdge, JournalEntry
+from invocations.reads.presenters.detail import detail_context
+from invocations.reads.presenters.payloads import format_payload
 from invocations.restate import RestateClient, sql_literal
-from invocations.sync.engine import SyncEngine
-from invocations.views.detail import detail_context, format_payload
 from tests.conftest import sync_until, wait_for_restate
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -186,7 +186,7 @@ def test_empty_filtered_state(client: Client, rows: list[Invocation]) -> None:
 
 
 def test_status_counts_stop_at_the_cap(client: Client, rows: list[Invocation], monkeypatch: pytest.MonkeyPatch) -> None:
-    from invocations import selectors
+    from invocations.reads.selectors import invocations as selectors
 
     monkeypatch.setattr(selectors, "STATUS_COUNT_CAP", 2)
     response = client.get("/invocations/")

@@ -120,7 +120,7 @@ def test_database_down_is_a_503_page_not_a_500(client: Client, monkeypatch: pyte
     # A fake only for "the server went away": the real one cannot be stopped under a test transaction.
     from django.db import OperationalError
 
-    from invocations import selectors
+    from invocations.reads.selectors import invocations as selectors
 
     def gone(**_kwargs: object) -> None:
         raise OperationalError("server closed the connection unexpectedly / could not connect to server")

@@ -22,9 +22,9 @@ from django.test import override_settings
 
 from dashboard import embedded_redis
 from demo.stack import free_port
-from invocations import broadcast
+from invocations.live.routing import websocket_urlpatterns
+from invocations.mirror import events
 from invocations.models import Invocation, SyncState
-from invocations.routing import websocket_urlpatterns
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def test_list_gets_current_state_on_connect_then_changes_after_a_step(user: User
         make(2)  # newer than the page: counted, not inserted
         make(3, service_name="Other", target="Other/x")  # does not match the filter
         Invocation.objects.filter(id=shown.id).update(status="completed", completed_at=T0 + timedelta(seconds=2))
-        broadcast.sync_step_committed(changed_ids=[shown.id, "inv_1live0002AAAAAAAAAAAAAAAAAAAAAAAA"])
+        events.sync_step_committed(changed_ids=[shown.id, "inv_1live0002AAAAAAAAAAAAAAAAAAAAAAAA"])
 
     first, update = run_session(f"/ws/invocations/?service=Greeter&since={since}", user, a_sync_step_commits)
     # Subscribed first, then the current state: nothing new yet, and the sync indicator.
@@ -112,8 +112,8 @@ def test_broadcast_names_one_group_per_changed_tree(transactional_db: None) -> N
     root = make(1)
     child = make(2, parent_id=root.id, root_id=root.id)
     orphan = make(3, root_id=None, parent_id="inv_1neverseenAAAAAAAAAAAAAAAAAAAAAA")
-    assert broadcast.changed_roots([child.id, orphan.id]) == {root.id, orphan.id}
-    assert broadcast.tree_group(root.id) == f"tree.{root.id}"
+    assert events.changed_roots([child.id, orphan.id]) == {root.id, orphan.id}
+    assert events.tree_group(root.id) == f"tree.{root.id}"
 
 
 @pytest.fixture
@@ -137,8 +137,8 @@ def test_a_sync_process_reaches_a_web_process_through_redis(user: User, redis_ur
     def another_process_syncs() -> None:
         Invocation.objects.filter(id=inv.id).update(status="suspended")
         script = (
-            "import django; django.setup(); from invocations import broadcast; "
-            f"broadcast.sync_step_committed(changed_ids=[{inv.id!r}])"
+            "import django; django.setup(); from invocations.mirror import events; "
+            f"events.sync_step_committed(changed_ids=[{inv.id!r}])"
         )
         env = {
             **os.environ,
@@ -164,7 +164,7 @@ def test_detail_page_tree_updates_when_any_node_of_its_tree_changes(user: User) 
     def the_child_completes() -> None:
         Invocation.objects.filter(id=child.id).update(status="completed", completed_at=T0 + timedelta(seconds=3))
         Invocation.objects.filter(id=root.id).update(status="completed", completed_at=T0 + timedelta(seconds=4))
-        broadcast.sync_step_committed(changed_ids=[child.id, root.id])
+        events.sync_step_committed(changed_ids=[child.id, root.id])
 
     first, update = run_session(f"/ws/invocations/{root.id}/", user, the_child_completes)
     assert 'id="inv-header" hx-swap-oob="outerHTML"' in first and 'id="inv-tree" hx-swap-oob="outerHTML"' in first

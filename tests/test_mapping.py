@@ -3,8 +3,8 @@
 
 from datetime import UTC, datetime
 
+from invocations.mirror.sync import mapping
 from invocations.models import EdgeKind
-from invocations.sync import mapping
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

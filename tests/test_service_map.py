@@ -16,18 +16,9 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
+from invocations.graph.layout import LABEL_H, Box, Layout, LayoutEdge, LayoutNode, layout
 from invocations.models import Invocation, InvocationEdge
-from invocations.service_map import (
-    INGRESS,
-    LABEL_H,
-    Box,
-    Layout,
-    LayoutEdge,
-    LayoutNode,
-    ServiceMap,
-    layout,
-    service_map_get,
-)
+from invocations.reads.selectors.service_map import INGRESS, ServiceMap, service_map_get
 
 X = "\N{MULTIPLICATION SIGN}"
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -377,7 +368,7 @@ def test_map_of_the_demo_shows_calls_and_the_cross_deadlock_cycle(engine: object
     }
     sync_until(engine, lambda: wanted <= edges_now().keys(), what=f"map edges {wanted}")  # type: ignore[arg-type]
     smap = service_map_get(window=HOUR, now=timezone.now())
-    from invocations.service_map import draw
+    from invocations.reads.presenters.service_map import draw
 
     drawing = draw(smap)
     boxes = [n.box for n in drawing.nodes]

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from demo import traffic
+from invocations.mirror.sync.engine import SyncEngine
 from invocations.models import (
     EdgeKind,
     Invocation,
@@ -21,7 +22,6 @@ from invocations.models import (
     SyncState,
 )
 from invocations.restate import RestateClient, RestateUnavailable, sql_list, sql_literal
-from invocations.sync.engine import SyncEngine
 from tests.conftest import sync_until, wait_completed, wait_for_restate
 
 pytestmark = pytest.mark.integration

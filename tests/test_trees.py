@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from invocations import trees
+from invocations.graph import trees
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 NOW = T0 + timedelta(seconds=100)

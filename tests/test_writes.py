@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import pytest
 from django.db import DataError
 
+from invocations.mirror.sync import mapping
+from invocations.mirror.sync.writes import RawJson, upsert
 from invocations.models import JournalEntry
-from invocations.sync import mapping
-from invocations.sync.writes import RawJson, upsert
 
 T0 = datetime(2026, 11, 22, tzinfo=UTC)
 

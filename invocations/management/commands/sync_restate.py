@@ -11,8 +11,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, InterfaceError
 
+from invocations.mirror.sync.engine import StepReport, SyncEngine
 from invocations.restate import RestateError
-from invocations.sync.engine import StepReport, SyncEngine
 
 log = logging.getLogger("invocations.sync")
 

@@ -11,7 +11,9 @@ from urllib.parse import urlencode
 from django import forms
 from django.db.models import Q
 
-from invocations.models import EdgeKind, Invocation, InvocationEdge, InvocationStatus
+from invocations.mirror.models import EdgeKind, Invocation, InvocationEdge
+from invocations.mirror.status import InvocationStatus
+from invocations.reads.presenters.formatting import iso_utc
 from invocations.restate import INVOCATION_ID_RE
 
 SORTS = {
@@ -162,10 +164,10 @@ class InvocationFilters:
             "parent": self.parent,
             "roots": "1" if self.roots_only else "",
             "deployment": self.deployment,
-            "created_after": _iso(self.created_after),
-            "created_before": _iso(self.created_before),
-            "modified_after": _iso(self.modified_after),
-            "modified_before": _iso(self.modified_before),
+            "created_after": iso_utc(self.created_after),
+            "created_before": iso_utc(self.created_before),
+            "modified_after": iso_utc(self.modified_after),
+            "modified_before": iso_utc(self.modified_before),
             "q": self.id_prefix,
             "caller_service": self.caller_service,
             "caller_handler": self.caller_handler,
@@ -181,7 +183,3 @@ class InvocationFilters:
     @property
     def active(self) -> bool:
         return bool(self.params(sort=None))
-
-
-def _iso(value: datetime | None) -> str:
-    return value.isoformat() if value else ""

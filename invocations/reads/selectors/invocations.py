@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from django.db.models import DurationField, ExpressionWrapper, F, Q, QuerySet
 
-from invocations.filters import SORTS, InvocationFilters
-from invocations.models import Invocation, InvocationStatus, SyncState
+from invocations.mirror.models import Invocation
+from invocations.mirror.status import InvocationStatus
+from invocations.reads.filters import SORTS, InvocationFilters
 
 PAGE_SIZE = 50
 # The same expression as the inv_duration_idx index, so PostgreSQL can use it.
@@ -105,5 +106,17 @@ def invocation_status_counts(*, filters: InvocationFilters) -> dict[str, int]:
     return {status: base.filter(status=status)[: STATUS_COUNT_CAP + 1].count() for status in InvocationStatus.values}
 
 
-def sync_state_get() -> SyncState:
-    return SyncState.load()
+def invocation_new_count(*, filters: InvocationFilters, since: datetime | None) -> int:
+    """How many invocations matching `filters` were created after `since` (the newest row a page shows)."""
+    matching = Invocation.objects.filter(filters.q())
+    return matching.filter(created_at__gt=since).count() if since else matching.count()
+
+
+def invocations_among(
+    *, filters: InvocationFilters, ids: list[str], until: datetime | None, limit: int
+) -> list[Invocation]:
+    """The invocations of `ids` that a page with `filters` (showing rows up to `until`) may show."""
+    rows = Invocation.objects.filter(filters.q(), id__in=ids)
+    if until:
+        rows = rows.filter(created_at__lte=until)
+    return list(rows.order_by("-created_at")[:limit])

@@ -1,103 +1,25 @@
 """The only code that speaks HTTP to Restate: admin queries, invocation
 operations, deployment registration, and ingress calls/sends/attach.
 
-Restate's SQL has no bind parameters, so every value placed in SQL goes through
-`sql_literal` (or `sql_list`, which uses it): ids and keys arrive from users and
-URLs, and this is the single place where they become SQL text.
+SQL text is built by callers with `invocations.restate.sql` (the one quoting
+function); this module only carries it.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-INVOCATION_ID_RE = re.compile(r"^inv_[0-9A-Za-z]{10,80}$")
-
-
-# ---------------------------------------------------------------- errors
-
-
-class RestateError(Exception):
-    """Anything that went wrong talking to Restate."""
-
-
-class RestateUnavailable(RestateError):
-    """Restate could not be reached or answered 503; worth retrying later."""
-
-
-class RestateTimeout(RestateUnavailable):
-    """Restate did not answer within the client's timeout."""
-
-
-class QuerySyntaxError(RestateError):
-    """400 from /query: the SQL did not parse. A bug on our side, not Restate's."""
-
-
-class QueryError(RestateError):
-    """500 from /query: e.g. unknown table or column (a Restate version we do not know)."""
-
-
-class InvalidInvocationId(RestateError, ValueError):
-    """A string that cannot be a Restate invocation id; rejected before any request."""
-
-
-# ---------------------------------------------------------------- SQL quoting
-
-
-def sql_literal(value: object) -> str:
-    """Render `value` as a DataFusion SQL literal that can only ever be a literal.
-
-    Strings use standard SQL quoting (a quote is doubled; DataFusion does not
-    treat backslash as an escape outside E'' strings), so quotes, backslashes,
-    `--` and `/*` inside the value stay data. NUL cannot be represented and is
-    refused rather than silently truncated.
-    """
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"cannot use non-finite float {value!r} in SQL")
-        return repr(value)
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime in SQL: pass an aware (UTC) datetime")
-        text = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
-        return f"TIMESTAMP '{text}'"
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("NUL character cannot be used in a SQL string literal")
-        return "'" + value.replace("'", "''") + "'"
-    raise TypeError(f"no SQL literal for {type(value).__name__}")
-
-
-def sql_list(values: Iterable[object]) -> str:
-    """`(v1, v2, ...)` for an IN clause; every element through `sql_literal`."""
-    items = [sql_literal(v) for v in values]
-    if not items:
-        raise ValueError("empty IN list")
-    return "(" + ", ".join(items) + ")"
-
-
-def validate_invocation_id(invocation_id: str) -> str:
-    if not isinstance(invocation_id, str) or not INVOCATION_ID_RE.match(invocation_id):
-        raise InvalidInvocationId(
-            f"{invocation_id!r} is not a Restate invocation id (expected inv_ followed by letters and digits)"
-        )
-    return invocation_id
-
+from invocations.restate.errors import QueryError, QuerySyntaxError, RestateError, RestateTimeout, RestateUnavailable
+from invocations.restate.ids import validate_invocation_id
 
 # ---------------------------------------------------------------- results
 

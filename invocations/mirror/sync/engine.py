@@ -27,8 +27,8 @@ from django.db import DataError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from invocations import broadcast
-from invocations.models import (
+from invocations.mirror import events
+from invocations.mirror.models import (
     Deployment,
     Invocation,
     InvocationEdge,
@@ -39,15 +39,13 @@ from invocations.models import (
     SyncState,
     WorkflowPromise,
 )
+from invocations.mirror.status import NOT_STARTED, QUIET_STATUSES
+from invocations.mirror.sync import mapping
+from invocations.mirror.sync.writes import copy_ids_into_temp, replace_all, upsert
 from invocations.restate import RestateClient, sql_list, sql_literal
-from invocations.sync import mapping
-from invocations.sync.writes import copy_ids_into_temp, replace_all, upsert
 
 log = logging.getLogger(__name__)
 
-# Statuses that only change together with modified_at; everything else is re-read each step.
-QUIET_STATUSES = ("completed", "scheduled", "pending")
-NOT_STARTED = ("scheduled", "pending")
 # Snapshot tables are small in practice; the cap keeps a pathological one from eating memory.
 SNAPSHOT_LIMIT = 100_000
 JOURNAL_IDS_PER_QUERY = 200
@@ -136,7 +134,7 @@ class SyncEngine:
             consecutive_failures=0,
             last_error="",
         )
-        broadcast.sync_step_committed(changed_ids=report.changed_ids, overflow=report.changed > len(report.changed_ids))
+        events.sync_step_committed(changed_ids=report.changed_ids, overflow=report.changed > len(report.changed_ids))
         return report
 
     def record_failure(self, exc: BaseException) -> None:
@@ -154,7 +152,7 @@ class SyncEngine:
         except Exception:  # noqa: BLE001 - the database is down too; the log is all we have
             log.warning("could not record sync failure in the database: %s", message)
             return
-        broadcast.sync_step_committed(changed_ids=[])
+        events.sync_step_committed(changed_ids=[])
 
     # ------------------------------------------------------------ invocations
 

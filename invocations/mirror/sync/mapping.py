@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from invocations.models import (
+from invocations.mirror.models import (
     Deployment,
     EdgeKind,
     Invocation,
@@ -22,7 +22,7 @@ from invocations.models import (
     Service,
     WorkflowPromise,
 )
-from invocations.sync.writes import RawJson
+from invocations.mirror.sync.writes import RawJson
 
 Row = dict[str, Any]
 

@@ -10,8 +10,11 @@ from datetime import datetime
 from django.http import QueryDict
 from django.template.loader import render_to_string
 
-from invocations.filters import InvocationFilterForm, InvocationFilters
-from invocations.models import Invocation, SyncState
+from invocations.reads.filters import InvocationFilterForm, InvocationFilters
+from invocations.reads.presenters.detail import detail_context
+from invocations.reads.selectors import detail as selectors_detail
+from invocations.reads.selectors import invocations as selectors
+from invocations.reads.selectors.sync_state import sync_state_get
 from invocations.restate import INVOCATION_ID_RE
 
 # A step that changed more rows than this on one page gets a "reload" hint
@@ -28,7 +31,7 @@ def oob(html: str, element_id: str) -> str:
 
 
 def sync_state() -> str:
-    return oob(render_to_string("invocations/_sync_state.html", {"sync": SyncState.load()}), "sync-state")
+    return oob(render_to_string("invocations/_sync_state.html", {"sync": sync_state_get()}), "sync-state")
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,7 @@ class ListView:
         return cls(InvocationFilters.from_form(form.cleaned_data), since)
 
     def _new_banner(self) -> str:
-        matching = Invocation.objects.filter(self.filters.q())
-        count = matching.filter(created_at__gt=self.since).count() if self.since else matching.count()
+        count = selectors.invocation_new_count(filters=self.filters, since=self.since)
         html = render_to_string("invocations/_new_banner.html", {"count": count, "query": self.filters.query_string()})
         return oob(html, "new-banner")
 
@@ -65,10 +67,7 @@ class ListView:
 
     def changes(self, ids: list[str]) -> str:
         # Rows this page may show: they match its filters and are not newer than its newest row.
-        rows = Invocation.objects.filter(self.filters.q(), id__in=ids)
-        if self.since:
-            rows = rows.filter(created_at__lte=self.since)
-        shown = list(rows.order_by("-created_at")[: MAX_ROW_SWAPS + 1])
+        shown = selectors.invocations_among(filters=self.filters, ids=ids, until=self.since, limit=MAX_ROW_SWAPS + 1)
         parts = [self._new_banner()]
         if len(shown) <= MAX_ROW_SWAPS:
             parts += [oob(render_to_string("invocations/_row.html", {"inv": inv}), f"row-{inv.id}") for inv in shown]
@@ -78,19 +77,13 @@ class ListView:
 def tree_root_of(invocation_id: str) -> str | None:
     if not INVOCATION_ID_RE.match(invocation_id):
         return None
-    row = Invocation.objects.filter(id=invocation_id).values_list("id", "root_id").first()
-    if row is None:
-        return None
-    return row[1] or row[0]
+    return selectors_detail.tree_root_get(invocation_id)
 
 
 def detail_state(invocation_id: str) -> str:
-    from invocations.selectors_detail import InvocationNotFound
-    from invocations.views.detail import detail_context
-
     try:
         context = detail_context(invocation_id)
-    except InvocationNotFound:
+    except selectors_detail.InvocationNotFound:
         return sync_state()
     parts = [
         oob(render_to_string(f"invocations/detail.html#{name}", context), element_id)

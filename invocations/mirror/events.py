@@ -16,7 +16,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from invocations.models import Invocation
+from invocations.mirror.models import Invocation
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from datetime import datetime
 
 from django.db.models import Subquery
 
-from invocations import trees
-from invocations.models import Deployment, Invocation, InvocationEdge, JournalEntry
+from invocations.graph import trees
+from invocations.mirror.models import Deployment, Invocation, InvocationEdge, JournalEntry
 
 JOURNAL_CAP = 1000  # entries shown on the page; the rest is counted, not rendered
 MAX_WALK = 500  # parent hops / levels before we stop following links (bad data must not loop)
@@ -29,6 +29,21 @@ def invocation_get(invocation_id: str) -> Invocation:
         return Invocation.objects.get(id=invocation_id)
     except Invocation.DoesNotExist:
         raise InvocationNotFound(invocation_id) from None
+
+
+def tree_root_get(invocation_id: str) -> str | None:
+    """The root of the tree this invocation belongs to (itself while unresolved); None if we do not hold it."""
+    row = Invocation.objects.filter(id=invocation_id).values_list("id", "root_id").first()
+    if row is None:
+        return None
+    return row[1] or row[0]
+
+
+def invocation_brief_get(invocation_id: str | None) -> Invocation | None:
+    """Id and target only (a parent named in a header); None when we do not hold it."""
+    if not invocation_id:
+        return None
+    return Invocation.objects.filter(id=invocation_id).only("id", "target").first()
 
 
 @dataclass(frozen=True)

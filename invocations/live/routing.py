@@ -1,6 +1,6 @@
 from django.urls import path
 
-from invocations import consumers
+from invocations.live import consumers
 
 websocket_urlpatterns = [
     path("ws/invocations/", consumers.InvocationListConsumer.as_asgi()),

@@ -10,7 +10,8 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from invocations import broadcast, fragments
+from invocations.live import fragments
+from invocations.mirror import events
 
 
 class _PageConsumer(AsyncWebsocketConsumer):
@@ -42,7 +43,7 @@ class InvocationListConsumer(_PageConsumer):
         if self.view is None:
             await self.close(code=4400)
             return
-        await self._join([broadcast.LIST_GROUP, broadcast.SYNC_GROUP])
+        await self._join([events.LIST_GROUP, events.SYNC_GROUP])
         await self.accept()
         await self.send(text_data=await database_sync_to_async(self.view.current_state)())
 
@@ -64,7 +65,7 @@ class InvocationDetailConsumer(_PageConsumer):
         if root is None:
             await self.close(code=4404)
             return
-        await self._join([broadcast.tree_group(root), broadcast.ALL_TREES_GROUP, broadcast.SYNC_GROUP])
+        await self._join([events.tree_group(root), events.ALL_TREES_GROUP, events.SYNC_GROUP])
         await self.accept()
         await self.tree_changed({})
 

@@ -1,0 +1,273 @@
+"""Our copy of Restate's state. Restate forgets completed invocations after
+their retention; these tables keep them (marked `gone_from_restate_at`), so
+history outlives Restate and pages never scan Restate itself.
+
+Ids are Restate's own strings. Parent/root are plain columns rather than
+foreign keys with constraints: a child is often synced before its parent, and a
+parent may have been purged from Restate before we ever saw it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db import models
+from django.utils import timezone
+
+from invocations.mirror.status import NOT_STARTED, InvocationStatus
+
+
+class Invocation(models.Model):
+    id = models.CharField(primary_key=True, max_length=100)
+    target = models.CharField(max_length=600)
+    service_name = models.CharField(max_length=255)
+    service_key = models.TextField(null=True, blank=True)
+    handler_name = models.CharField(max_length=255)
+    service_type = models.CharField(max_length=32)  # service, virtual_object, workflow
+    status = models.CharField(max_length=32, choices=InvocationStatus.choices)
+    completion_result = models.CharField(max_length=32, null=True, blank=True)  # success / failure
+    completion_failure = models.TextField(null=True, blank=True)  # e.g. "[409] cancelled"
+
+    idempotency_key = models.TextField(null=True, blank=True)
+    invoked_by = models.CharField(max_length=32, blank=True)  # ingress, service, subscription, restart_as_new
+    # db_index=False: inv_parent_idx / inv_root_idx below are the indexes; Django's
+    # automatic ones (and their _like copies) only duplicated them, at a cost to every sync write.
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        db_constraint=False,
+        db_index=False,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+    )
+    invoked_by_target = models.CharField(max_length=600, null=True, blank=True)
+    # The top of the call tree; null until the sync has seen every ancestor.
+    root = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        db_constraint=False,
+        db_index=False,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+    )
+    restarted_from = models.CharField(max_length=100, null=True, blank=True)
+    pinned_deployment_id = models.CharField(max_length=100, null=True, blank=True)
+    trace_id = models.CharField(max_length=64, null=True, blank=True)
+
+    journal_size = models.IntegerField(default=0)
+    retry_count = models.IntegerField(default=0)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    last_failure = models.TextField(null=True, blank=True)
+    # Restate's codes are strings: HTTP-like ("500") or its own ("RT0007").
+    last_failure_error_code = models.CharField(max_length=32, null=True, blank=True)
+    last_failure_related_command_name = models.TextField(null=True, blank=True)
+
+    created_at = models.DateTimeField()
+    modified_at = models.DateTimeField()
+    inboxed_at = models.DateTimeField(null=True, blank=True)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+    scheduled_start_at = models.DateTimeField(null=True, blank=True)  # when a delayed send fires
+    running_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    completion_retention = models.CharField(max_length=64, null=True, blank=True)  # ISO-8601 duration
+    journal_retention = models.CharField(max_length=64, null=True, blank=True)
+
+    # Ours, not Restate's.
+    first_seen_at = models.DateTimeField()
+    synced_at = models.DateTimeField()  # when our copy last changed (commit time of that sync step)
+    journal_synced_size = models.IntegerField(default=0)  # journal entries we hold
+    gone_from_restate_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # The list page: newest first, keyset on (created_at, id).
+            models.Index(fields=["-created_at", "-id"], name="inv_created_idx"),
+            # The list sorted by last modification.
+            models.Index(fields=["-modified_at", "-id"], name="inv_modified_idx"),
+            # The list sorted by duration; only completed invocations have one.
+            models.Index(
+                models.F("completed_at") - models.F("created_at"),
+                "id",
+                name="inv_duration_idx",
+                condition=models.Q(completed_at__isnull=False),
+            ),
+            # (The id-prefix search, LIKE 'inv_1ab%', uses the pattern-ops index Django creates for the primary key.)
+            # The list filtered by status (chips), newest first.
+            models.Index(fields=["status", "-created_at"], name="inv_status_created_idx"),
+            # The list filtered by service/handler, and the service map's per-handler stats.
+            models.Index(fields=["service_name", "handler_name", "-created_at"], name="inv_target_created_idx"),
+            # Children of an invocation (tree expansion, "parent" filter).
+            models.Index(fields=["parent"], name="inv_parent_idx"),
+            # A whole call tree in one query (detail page).
+            models.Index(fields=["root"], name="inv_root_idx"),
+            # The sync's root resolution: rows whose ancestors were not all seen yet.
+            models.Index(fields=["parent"], name="inv_unresolved_root_idx", condition=models.Q(root__isnull=True)),
+            # The sync's journal backlog: invocations whose journal grew since we last read it,
+            # and not-yet-started ones whose Input we have not read (Restate says journal_size 0).
+            models.Index(
+                fields=["id"],
+                name="inv_journal_behind_idx",
+                condition=(
+                    models.Q(journal_size__gt=models.F("journal_synced_size"))
+                    | models.Q(status__in=NOT_STARTED, journal_synced_size=0)
+                )
+                & models.Q(gone_from_restate_at__isnull=True),
+            ),
+            # Idempotency-key search; most invocations from services have none.
+            models.Index(
+                fields=["idempotency_key"],
+                name="inv_idempotency_idx",
+                condition=models.Q(idempotency_key__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.target} ({self.status})"
+
+    @property
+    def duration(self) -> timedelta | None:
+        """Created to completed, or to now while it is still going; None before a delayed send fires."""
+        if self.status == InvocationStatus.SCHEDULED:
+            return None
+        end: datetime = self.completed_at or timezone.now()
+        return end - self.created_at
+
+
+class EdgeKind(models.TextChoices):
+    CALL = "call"  # request-response: the caller waits
+    SEND = "send"  # one-way: the caller may finish first
+    DELAYED_SEND = "delayed_send"  # one-way with a fire time in the future
+
+
+class InvocationEdge(models.Model):
+    """One `Command: Call` or `Command: OneWayCall` journal entry of the caller."""
+
+    pk = models.CompositePrimaryKey("caller_id", "journal_index")
+    caller_id = models.CharField(max_length=100)
+    journal_index = models.IntegerField()
+    callee_id = models.CharField(max_length=100, null=True, blank=True)
+    kind = models.CharField(max_length=16, choices=EdgeKind.choices)
+    target_service = models.CharField(max_length=255)
+    target_key = models.TextField(null=True, blank=True)
+    target_handler = models.CharField(max_length=255)
+    created_at = models.DateTimeField(null=True, blank=True)  # journal appended_at
+    fire_at = models.DateTimeField(null=True, blank=True)  # delayed sends only
+
+    class Meta:
+        indexes = [
+            # "Who called/sent to this invocation, and how" for the detail page's tree.
+            models.Index(fields=["callee_id"], name="edge_callee_idx"),
+            # The service map's edge aggregate: edges whose journal time is in the window
+            # (service_map.service_map_get, `WHERE e.created_at >= since`).
+            models.Index(fields=["created_at"], name="edge_created_idx"),
+        ]
+
+    @property
+    def target(self) -> str:
+        middle = f"/{self.target_key}" if self.target_key is not None else ""
+        return f"{self.target_service}{middle}/{self.target_handler}"
+
+
+class JournalEntry(models.Model):
+    pk = models.CompositePrimaryKey("invocation_id", "index")
+    invocation_id = models.CharField(max_length=100)
+    index = models.IntegerField()
+    entry_type = models.CharField(max_length=64)
+    name = models.TextField(null=True, blank=True)
+    appended_at = models.DateTimeField(null=True, blank=True)
+    entry = models.JSONField(null=True, blank=True)  # entry_json (with payloads)
+    entry_lite = models.JSONField(null=True, blank=True)  # entry_lite_json
+
+
+class QueuedInvocation(models.Model):
+    """A virtual object key's inbox (`sys_inbox`), replaced wholesale each sync step."""
+
+    invocation_id = models.CharField(primary_key=True, max_length=100)
+    service_name = models.CharField(max_length=255)
+    service_key = models.TextField()
+    sequence_number = models.BigIntegerField()
+    created_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # A key's queue in order (object page, "who waits behind whom").
+            models.Index(fields=["service_name", "service_key", "sequence_number"], name="queue_key_seq_idx"),
+        ]
+
+
+class ObjectLock(models.Model):
+    """Who holds a virtual object key's exclusive lock (`sys_keyed_service_status`)."""
+
+    pk = models.CompositePrimaryKey("service_name", "service_key")
+    service_name = models.CharField(max_length=255)
+    service_key = models.TextField()
+    invocation_id = models.CharField(max_length=100)
+
+    class Meta:
+        indexes = [
+            # "Does this invocation hold a lock?" on the detail page and in deadlock analysis.
+            models.Index(fields=["invocation_id"], name="lock_holder_idx"),
+        ]
+
+
+class WorkflowPromise(models.Model):
+    pk = models.CompositePrimaryKey("service_name", "service_key", "key")
+    service_name = models.CharField(max_length=255)
+    service_key = models.TextField()
+    key = models.TextField()
+    completed = models.BooleanField(default=False)
+    success_value = models.TextField(null=True, blank=True)
+    failure = models.TextField(null=True, blank=True)
+
+
+class Service(models.Model):
+    name = models.CharField(primary_key=True, max_length=255)
+    service_type = models.CharField(max_length=32)
+    revision = models.IntegerField(default=0)
+    public = models.BooleanField(default=True)
+    deployment_id = models.CharField(max_length=100, null=True, blank=True)
+
+
+class Deployment(models.Model):
+    id = models.CharField(primary_key=True, max_length=100)
+    deployment_type = models.CharField(max_length=32)
+    endpoint = models.TextField(null=True, blank=True)
+    created_at = models.DateTimeField(null=True, blank=True)
+
+
+class SyncState(models.Model):
+    """The sync engine's single row: where it is, and how it is doing (shown on every page)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    watermark = models.DateTimeField(null=True, blank=True)  # max Restate modified_at seen
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    # Our copy reflects Restate as of this moment: the start of the last good step.
+    mirrored_as_of = models.DateTimeField(null=True, blank=True)
+    last_duration_s = models.FloatField(null=True, blank=True)
+    last_rows = models.IntegerField(default=0)  # rows read from Restate in the last step
+    last_changed = models.IntegerField(default=0)  # rows that differed from our copy
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.IntegerField(default=0)
+    last_reconcile_at = models.DateTimeField(null=True, blank=True)
+    last_reconcile_gone = models.IntegerField(default=0)
+    restate_version = models.CharField(max_length=32, blank=True)
+    queues_supported = models.BooleanField(default=True)  # False when Restate uses vqueues
+
+    @classmethod
+    def load(cls) -> SyncState:
+        state, _ = cls.objects.get_or_create(id=1)
+        return state
+
+    @property
+    def lag(self) -> timedelta | None:
+        if self.mirrored_as_of is None:
+            return None
+        return timezone.now() - self.mirrored_as_of
+
+    @property
+    def healthy(self) -> bool:
+        return self.consecutive_failures == 0 and self.last_success_at is not None

@@ -1,0 +1,41 @@
+"""Everything the detail page and its partials (`header`, `tree`, `journal`) need,
+built once, so a live update re-renders a partial with the same context the page used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+
+from invocations.reads.presenters.invocation import SERVICE_TYPE_LABELS, idempotency_origin
+from invocations.reads.presenters.journal import journal_row
+from invocations.reads.presenters.payloads import input_payload, output_result
+from invocations.reads.presenters.waterfall import tree_view
+from invocations.reads.selectors import detail as selectors_detail
+
+
+def detail_context(invocation_id: str) -> dict[str, Any]:
+    """Everything the page and each partial need. Raises InvocationNotFound."""
+    now = timezone.now()
+    inv = selectors_detail.invocation_get(invocation_id)
+    journal = selectors_detail.journal_get(inv.id)
+    by_type = {e.entry_type: e for e in reversed(journal.entries)}
+    input_entry = by_type.get("Command: Input") or (
+        selectors_detail.journal_entry_get(inv.id, "Command: Input") if journal.truncated else None
+    )
+    output_entry = by_type.get("Command: Output") or (
+        selectors_detail.journal_entry_get(inv.id, "Command: Output") if journal.truncated else None
+    )
+    return {
+        "inv": inv,
+        "now": now,
+        "deployment": selectors_detail.deployment_get(inv.pinned_deployment_id),
+        "service_type_label": SERVICE_TYPE_LABELS.get(inv.service_type, inv.service_type),
+        "idempotency_origin": idempotency_origin(inv),
+        "parent": selectors_detail.invocation_brief_get(inv.parent_id),
+        "input": input_payload(input_entry),
+        "output": output_result(output_entry),
+        "journal": journal,
+        "journal_rows": [journal_row(e) for e in journal.entries],
+        "tree": tree_view(inv, now),
+    }

@@ -1,0 +1,16 @@
+"""Context every page gets: the mirror's sync state for the header indicator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest
+
+from invocations.reads.selectors.sync_state import sync_state_get
+
+
+def sync_state(request: HttpRequest) -> dict[str, Any]:
+    # Signed-out visitors (the login page) learn nothing about the system.
+    if not getattr(request, "user", None) or not request.user.is_authenticated:
+        return {}
+    return {"sync": sync_state_get()}

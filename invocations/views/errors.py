@@ -1,0 +1,18 @@
+"""The one error page, with the status that says what went wrong (400 bad input, 404 unknown)."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+
+def error_page(request: HttpRequest, *, title: str, message: str, status: int) -> HttpResponse:
+    return render(request, "error.html", {"title": title, "message": message}, status=status)
+
+
+def bad_request(request: HttpRequest, title: str, message: str) -> HttpResponse:
+    return error_page(request, title=title, message=message, status=400)
+
+
+def not_found(request: HttpRequest, title: str, message: str) -> HttpResponse:
+    return error_page(request, title=title, message=message, status=404)
