@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
@@ -33,7 +33,7 @@ class DatabaseUnavailableMiddleware:
         return response
 
 
-def _connection_is_broken(exception: DatabaseError) -> bool:
+def _connection_is_broken(exception: OperationalError | InterfaceError) -> bool:
     # An OperationalError can also be a query problem (e.g. a statement timeout); only
     # a lost or refused connection means "the database is down".
     text = str(exception).lower()

@@ -308,7 +308,7 @@ async def long(ctx: Context, minutes: float) -> str:
     return await ctx.service_call(nap, arg=minutes)
 
 
-SERVICES = [
+SERVICES: list[restate.Service | restate.VirtualObject | restate.Workflow] = [
     greeter,
     counter,
     worker,

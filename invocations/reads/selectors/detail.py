@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Subquery
+from django.db.models import QuerySet, Subquery
 
 from invocations.graph import trees
 from invocations.mirror.models import Deployment, Invocation, InvocationEdge, JournalEntry
@@ -85,7 +85,7 @@ class TreeData:
     complete_root: bool  # True when found via root_id (every ancestor seen)
 
 
-def _rows(qs) -> list[dict]:  # type: ignore[no-untyped-def]
+def _rows(qs: QuerySet[Invocation]) -> list[dict]:
     return list(qs.values(*trees.ROW_FIELDS))
 
 
