@@ -26,7 +26,7 @@ def invocation_id(tag: str = "t", n: int | None = None) -> str:
 
 def build_invocation(
     *,
-    id: str | None = None,  # noqa: A002 - the model's own field name
+    id: str | None = None,
     target: str = "Greeter/greet",
     status: str = "completed",
     created_at: datetime | None = None,

@@ -89,6 +89,7 @@ def page(web: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 def sync_step(engine: SyncEngine) -> None:
     """One sync step off this thread: the engine's broadcast may not share Playwright's loop."""
+
     def step() -> None:
         try:
             engine.sync_once()
