@@ -123,6 +123,10 @@ SYNC_OVERLAP_S = env_float("SYNC_OVERLAP_S", 5.0)
 SYNC_MIN_INTERVAL_S = env_float("SYNC_MIN_INTERVAL_S", 0.5)
 SYNC_MAX_INTERVAL_S = env_float("SYNC_MAX_INTERVAL_S", 10.0)
 SYNC_RECONCILE_EVERY_S = env_float("SYNC_RECONCILE_EVERY_S", 180.0)
+# Rows kept of a snapshot table (queues, locks, promises); past it the snapshot is marked truncated.
+SYNC_SNAPSHOT_ROWS = env_int("SYNC_SNAPSHOT_ROWS", 100_000)
+# How long before asking again for the Input of a not-started invocation that Restate showed none of.
+SYNC_INPUT_RETRY_S = env_float("SYNC_INPUT_RETRY_S", 60.0)
 
 INSTALLED_APPS = [
     "daphne",
