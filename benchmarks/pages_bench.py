@@ -393,7 +393,7 @@ class Change:
 
 
 class SyncLoop:
-    """The sync command's loop (its own next_interval), in a thread, noting what each step changed."""
+    """The sync command's loop (its own pacing), in a thread, noting what each step changed."""
 
     def __init__(self, engine: SyncEngine) -> None:
         self.engine = engine
@@ -447,9 +447,8 @@ class SyncLoop:
     def _run(self) -> None:
         from django.db import connection
 
-        from invocations.management.commands.sync_restate import TRANSIENT_ERRORS, Command
+        from invocations.mirror.sync.loop import TRANSIENT_ERRORS, pacing  # the production pacing, not a copy
 
-        command = Command()  # for next_interval(): the production pacing, not a copy of it
         failures = 0
         try:
             while not self._stop.is_set():
@@ -469,7 +468,7 @@ class SyncLoop:
                     failures += 1
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                     self.engine.record_failure(exc)
-                self._stop.wait(command.next_interval(report=report, failures=failures))
+                self._stop.wait(pacing(report=report, failures=failures))
         finally:
             connection.close()
 

@@ -418,10 +418,7 @@ class SyncLoop:
     """The sync command's loop (same adaptive interval), in a thread, with pause/resume."""
 
     def __init__(self, engine: SyncEngine) -> None:
-        from invocations.management.commands.sync_restate import Command
-
         self.engine = engine
-        self.command = Command()  # only for next_interval(): the production pacing, not a copy of it
         self.polls: list[Poll] = []
         self.errors: list[str] = []
         self._running = threading.Event()
@@ -450,7 +447,7 @@ class SyncLoop:
     def _run(self) -> None:
         from django.db import connection
 
-        from invocations.management.commands.sync_restate import TRANSIENT_ERRORS
+        from invocations.mirror.sync.loop import TRANSIENT_ERRORS, pacing  # the production pacing, not a copy
 
         failures = 0
         try:
@@ -468,7 +465,7 @@ class SyncLoop:
                     except TRANSIENT_ERRORS as exc:
                         failures += 1
                         self.errors.append(f"{type(exc).__name__}: {exc}")
-                self._stop.wait(self.command.next_interval(report=report, failures=failures))
+                self._stop.wait(pacing(report=report, failures=failures))
         finally:
             connection.close()  # this thread's connection
 

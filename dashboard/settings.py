@@ -3,6 +3,7 @@ naming the variable, rather than surfacing later as a confusing runtime error.""
 
 import os
 import secrets
+import sys
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -109,6 +110,14 @@ else:
 
     DATABASES = {"default": database_from_url(ensure_running(DATA_DIR / "postgres"))}
 
+# Who is who in pg_stat_activity (and in the sync engine's advisory lock): the sync
+# command or the web. DATABASE_URL's own ?application_name= wins.
+DATABASES["default"]["OPTIONS"].setdefault(
+    "application_name",
+    os.environ.get("DATABASE_APPLICATION_NAME")
+    or ("restate-dashboard-sync" if "sync_restate" in sys.argv else "restate-dashboard-web"),
+)
+
 # Restate. When RESTATE_ADMIN_URL is unset we talk to the embedded restate-server
 # that the run command starts on these ports; setting it means "my own cluster".
 RESTATE_EMBEDDED = not os.environ.get("RESTATE_ADMIN_URL")
@@ -123,6 +132,14 @@ SYNC_OVERLAP_S = env_float("SYNC_OVERLAP_S", 5.0)
 SYNC_MIN_INTERVAL_S = env_float("SYNC_MIN_INTERVAL_S", 0.5)
 SYNC_MAX_INTERVAL_S = env_float("SYNC_MAX_INTERVAL_S", 10.0)
 SYNC_RECONCILE_EVERY_S = env_float("SYNC_RECONCILE_EVERY_S", 180.0)
+# Backoff while Restate or PostgreSQL is down: jittered, never longer than this.
+SYNC_BACKOFF_CAP_S = env_float("SYNC_BACKOFF_CAP_S", 30.0, minimum=0.1)
+# A second sync engine (another replica) checks this often whether it can take over.
+SYNC_STANDBY_POLL_S = env_float("SYNC_STANDBY_POLL_S", 2.0, minimum=0.1)
+# Rows kept of a snapshot table (queues, locks, promises); past it the snapshot is marked truncated.
+SYNC_SNAPSHOT_ROWS = env_int("SYNC_SNAPSHOT_ROWS", 100_000)
+# How long before asking again for the Input of a not-started invocation that Restate showed none of.
+SYNC_INPUT_RETRY_S = env_float("SYNC_INPUT_RETRY_S", 60.0)
 
 INSTALLED_APPS = [
     "daphne",

@@ -108,14 +108,6 @@ def test_list_gets_current_state_on_connect_then_changes_after_a_step(user: User
     assert "Other/x" not in update
 
 
-def test_broadcast_names_one_group_per_changed_tree(transactional_db: None) -> None:
-    root = make(1)
-    child = make(2, parent_id=root.id, root_id=root.id)
-    orphan = make(3, root_id=None, parent_id="inv_1neverseenAAAAAAAAAAAAAAAAAAAAAA")
-    assert events.changed_roots([child.id, orphan.id]) == {root.id, orphan.id}
-    assert events.tree_group(root.id) == f"tree.{root.id}"
-
-
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Any:
     port = free_port()

@@ -302,13 +302,13 @@ def test_purged_invocation_is_kept_and_marked_gone(engine: SyncEngine, restate: 
     inv_id = traffic.fire_greet(restate)[0]
     wait_completed(restate, inv_id)
     settle(engine, restate, [inv_id])
-    assert engine.reconcile() == 0
+    assert engine.reconcile().gone == 0
     assert restate.purge(inv_id).ok
     wait_for_restate(restate, f"SELECT id FROM sys_invocation WHERE id = {sql_literal(inv_id)}", lambda r: not r)
     # A delta never sees a purge: only reconciliation does.
     engine.sync_once()
     assert Invocation.objects.get(id=inv_id).gone_from_restate_at is None
-    assert engine.reconcile() == 1
+    assert engine.reconcile().gone == 1
     inv = Invocation.objects.get(id=inv_id)
     assert inv.gone_from_restate_at is not None
     assert inv.status == "completed" and JournalEntry.objects.filter(invocation_id=inv_id).exists(), "history is kept"

@@ -1,22 +1,21 @@
 """The one place that names Channels groups and sends to them.
 
-The sync engine calls `sync_step_committed` once per step, after its writes
-committed (Zulip's rule: never tell a browser about a row it could not yet
-read). Messages are coalesced: one per group per step, however many rows
-changed. Consumers only join the groups named here and re-render what their
-page shows.
+The sync engine calls `sync_step_committed` after its writes committed (Zulip's
+rule: never tell a browser about a row it could not yet read), handing over the
+changed ids and the trees they belong to: this module only sends, it never
+reads the database. Messages are coalesced: one per group per call, however
+many rows changed. Consumers only join the groups named here and re-render what
+their page shows.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
-
-from invocations.mirror.models import Invocation
+from django.db import connection, transaction
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +25,8 @@ ALL_TREES_GROUP = "trees.all"  # every detail page, when too many trees changed 
 # Past this many changed trees in one step (e.g. the first load), one message
 # to every detail page is cheaper than a message per tree.
 MAX_TREE_MESSAGES = 200
+# The list pages get at most this many ids per message (and the full count).
+MAX_LIST_IDS = 1000
 
 
 def tree_group(root_id: str) -> str:
@@ -40,32 +41,39 @@ def _send(group: str, message: dict) -> None:
     async_to_sync(layer.group_send)(group, message)
 
 
-def changed_roots(ids: Iterable[str]) -> set[str]:
-    """The trees (by root id; a node whose root is unresolved counts as its own tree) touched by `ids`."""
-    roots: set[str] = set()
-    ids = list(ids)
-    for start in range(0, len(ids), 5000):
-        chunk = ids[start : start + 5000]
-        for inv_id, root_id in Invocation.objects.filter(id__in=chunk).values_list("id", "root_id"):
-            roots.add(root_id or inv_id)
-    return roots
+def _after_commit(func: Callable[[], None]) -> None:
+    if connection.in_atomic_block:
+        transaction.on_commit(func)
+    else:
+        # Autocommit: what the caller hands over is committed already. transaction.on_commit
+        # would first ask the connection for its autocommit mode, which raises when
+        # PostgreSQL is the thing that just failed, and the committed rows would go untold.
+        func()
 
 
-def sync_step_committed(*, changed_ids: list[str], overflow: bool = False) -> None:
-    """Tell every page what the step changed. Safe to call inside a transaction: it waits for the commit.
+def sync_step_committed(
+    *, changed_ids: Sequence[str], changed_roots: Iterable[str] | None = None, overflow: bool = False
+) -> None:
+    """Tell every page what a sync step changed. Inside a transaction it waits for the commit.
 
+    changed_roots: the root ids of the trees the changed rows belong to (a row whose
+        root is not resolved yet is its own tree). None: the ids are roots themselves.
     overflow: more rows changed than `changed_ids` lists (a first load); every tree is told.
     """
-    transaction.on_commit(lambda: _broadcast(changed_ids, overflow))
+    ids = list(changed_ids)
+    roots = set(ids if changed_roots is None else changed_roots)
+    _after_commit(lambda: _broadcast(ids, roots, overflow))
 
 
-def _broadcast(changed_ids: list[str], overflow: bool) -> None:
+def _broadcast(changed_ids: list[str], roots: set[str], overflow: bool) -> None:
     try:
         _send(SYNC_GROUP, {"type": "sync.changed"})
-        if not changed_ids:
+        if not changed_ids and not overflow:
             return
-        _send(LIST_GROUP, {"type": "invocations.changed", "ids": changed_ids[:1000], "count": len(changed_ids)})
-        roots = set() if overflow else changed_roots(changed_ids)
+        _send(
+            LIST_GROUP,
+            {"type": "invocations.changed", "ids": changed_ids[:MAX_LIST_IDS], "count": len(changed_ids)},
+        )
         if overflow or len(roots) > MAX_TREE_MESSAGES:
             _send(ALL_TREES_GROUP, {"type": "tree.changed"})
         else:

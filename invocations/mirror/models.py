@@ -78,6 +78,9 @@ class Invocation(models.Model):
     first_seen_at = models.DateTimeField()
     synced_at = models.DateTimeField()  # when our copy last changed (commit time of that sync step)
     journal_synced_size = models.IntegerField(default=0)  # journal entries we hold
+    # When we last asked Restate for a not-started invocation's Input and got nothing:
+    # it is asked again only after SYNC_INPUT_RETRY_S, not on every step.
+    journal_attempted_at = models.DateTimeField(null=True, blank=True)
     gone_from_restate_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -104,15 +107,20 @@ class Invocation(models.Model):
             models.Index(fields=["root"], name="inv_root_idx"),
             # The sync's root resolution: rows whose ancestors were not all seen yet.
             models.Index(fields=["parent"], name="inv_unresolved_root_idx", condition=models.Q(root__isnull=True)),
-            # The sync's journal backlog: invocations whose journal grew since we last read it,
-            # and not-yet-started ones whose Input we have not read (Restate says journal_size 0).
+            # The sync's journal backlog: invocations whose journal grew since we last read it.
             models.Index(
                 fields=["id"],
                 name="inv_journal_behind_idx",
-                condition=(
-                    models.Q(journal_size__gt=models.F("journal_synced_size"))
-                    | models.Q(status__in=NOT_STARTED, journal_synced_size=0)
-                )
+                condition=models.Q(journal_size__gt=models.F("journal_synced_size"))
+                & models.Q(gone_from_restate_at__isnull=True),
+            ),
+            # Not-yet-started invocations whose Input we have not read (Restate says journal_size 0),
+            # never tried first, then by when we last tried: the due ones are at the front and a
+            # LIMITed scan in this order never reads the ones tried recently.
+            models.Index(
+                models.F("journal_attempted_at").asc(nulls_first=True),
+                name="inv_input_pending_idx",
+                condition=models.Q(status__in=NOT_STARTED, journal_synced_size=0)
                 & models.Q(gone_from_restate_at__isnull=True),
             ),
             # Idempotency-key search; most invocations from services have none.
@@ -254,8 +262,28 @@ class SyncState(models.Model):
     consecutive_failures = models.IntegerField(default=0)
     last_reconcile_at = models.DateTimeField(null=True, blank=True)
     last_reconcile_gone = models.IntegerField(default=0)
+    last_reconcile_refetched = models.IntegerField(default=0)  # missing or stale rows re-read by id
+    last_reconcile_revived = models.IntegerField(default=0)  # marked gone, yet Restate still had them
     restate_version = models.CharField(max_length=32, blank=True)
     queues_supported = models.BooleanField(default=True)  # False when Restate uses vqueues
+    # First failure of the current streak (null while healthy); kept in the engine's memory
+    # while PostgreSQL is down and written once it is back.
+    failing_since = models.DateTimeField(null=True, blank=True)
+    # The loop's current wait between steps (poll interval or backoff): a last success
+    # older than a few of these means the sync froze or died.
+    expected_interval_s = models.FloatField(null=True, blank=True)
+    # Seconds the last invocation scan took, and the overlap window it was read with.
+    last_scan_s = models.FloatField(null=True, blank=True)
+    overlap_s = models.FloatField(null=True, blank=True)
+    # Snapshots that hit SYNC_SNAPSHOT_ROWS: what we hold of them is a prefix, not the whole.
+    queues_truncated = models.BooleanField(default=False)  # sys_inbox
+    locks_truncated = models.BooleanField(default=False)  # sys_keyed_service_status
+    promises_truncated = models.BooleanField(default=False)  # sys_promise
+    catalog_truncated = models.BooleanField(default=False)  # sys_service, sys_deployment
+    snapshots_truncated_at = models.DateTimeField(null=True, blank=True)  # when one was last found truncated
+    # PostgreSQL's clock, like Invocation.synced_at: every row synced up to this moment was
+    # broadcast. A restarted engine broadcasts the rows synced after it (see SyncEngine.broadcast_unsent).
+    last_broadcast_at = models.DateTimeField(null=True, blank=True)
 
     @classmethod
     def load(cls) -> SyncState:
@@ -271,3 +299,14 @@ class SyncState(models.Model):
     @property
     def healthy(self) -> bool:
         return self.consecutive_failures == 0 and self.last_success_at is not None
+
+    @property
+    def truncated_snapshots(self) -> list[str]:
+        """What the pages must not present as complete."""
+        flags = [
+            (self.queues_truncated, "queues"),
+            (self.locks_truncated, "locks"),
+            (self.promises_truncated, "promises"),
+            (self.catalog_truncated, "services"),
+        ]
+        return [name for truncated, name in flags if truncated]

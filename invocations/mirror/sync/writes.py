@@ -135,17 +135,30 @@ def replace_all(model: type[models.Model], instances: Sequence[models.Model]) ->
             _copy_rows(wrapper.cursor, table, _columns(model), instances)
 
 
-def copy_ids_into_temp(name: str, ids: Iterable[str]) -> int:
-    """Load ids into a temp table (primary key, for anti-joins) in the current transaction."""
-    temp = connection.ops.quote_name(name)
+def copy_into_temp(name: str, *, columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]]) -> int:
+    """Load `rows` into a session temp table `name` (column name, SQL type) and ANALYZE it.
+
+    The table outlives the transaction: reconciliation pages through it while
+    committing each page it writes. Callers drop it (`drop_temp`). ANALYZE because
+    autovacuum never sees temp tables, and the anti-joins need row counts to hash.
+    """
+    qn = connection.ops.quote_name
+    temp = qn(name)
     with connection.cursor() as wrapper, connection.wrap_database_errors:
         cursor = wrapper.cursor
-        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} (id text PRIMARY KEY) ON COMMIT DROP")
-        # Inside an enclosing transaction (tests) the table outlives one call.
+        definition = ", ".join(f"{qn(column)} {sql_type}" for column, sql_type in columns)
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ({definition})")
         cursor.execute(f"TRUNCATE {temp}")
         count = 0
-        with cursor.copy(f"COPY {temp} (id) FROM STDIN") as copy:
-            for value in ids:
-                copy.write_row((value,))
+        with cursor.copy(f"COPY {temp} ({', '.join(qn(c) for c, _ in columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
                 count += 1
+        cursor.execute(f"ANALYZE {temp}")
         return count
+
+
+def drop_temp(*names: str) -> None:
+    with connection.cursor() as cursor:
+        for name in names:
+            cursor.execute(f"DROP TABLE IF EXISTS {connection.ops.quote_name(name)}")

@@ -1,0 +1,146 @@
+"""The sync loop: step, pace, back off, stand by. The management command is a thin
+shell around `SyncLoop.run`; tests drive `step()` and `next_interval()` directly,
+and the benchmarks pace their loops with `pacing`, so what they measure is what runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError
+
+from invocations.mirror.models import SyncState
+from invocations.mirror.sync.engine import StepReport, SyncEngine
+from invocations.mirror.sync.lock import EngineLock
+from invocations.restate import RestateError
+
+log = logging.getLogger("invocations.sync")
+
+# The errors that mean "a dependency is down": back off and try again. Anything
+# else is a bug and stops the loop loudly (the run command restarts it).
+TRANSIENT_ERRORS = (RestateError, DatabaseError, InterfaceError)
+# The exponent stops growing here: 2**64 * any sane base is far past any cap, and a
+# float power this size cannot overflow (0.5 * 2**1024 did, after ~8.5 hours down).
+MAX_BACKOFF_EXPONENT = 64
+# The stored interval is for "has the sync stalled?" checks (a few intervals late):
+# rewrite it only when it moved this much, not on every step.
+INTERVAL_WRITE_TOLERANCE = 0.25
+
+
+def poll_interval(*, duration_s: float) -> float:
+    # Polling costs Restate a full scan; keep its share of Restate's time bounded.
+    return min(settings.SYNC_MAX_INTERVAL_S, max(settings.SYNC_MIN_INTERVAL_S, 4 * duration_s))
+
+
+def backoff_interval(*, failures: int, rng: random.Random) -> float:
+    """Full jitter over a capped exponential, never below the poll floor.
+
+    Jitter keeps replicas and restarted engines from retrying in lockstep against a
+    recovering Restate or PostgreSQL.
+    """
+    base = settings.SYNC_MIN_INTERVAL_S
+    ceiling = min(settings.SYNC_BACKOFF_CAP_S, base * 2.0 ** min(max(failures, 0), MAX_BACKOFF_EXPONENT))
+    return rng.uniform(min(base, ceiling), ceiling)
+
+
+def pacing(*, report: StepReport | None, failures: int, rng: random.Random | None = None) -> float:
+    """The wait after a step: adaptive when it succeeded (`report`), backoff when it failed."""
+    if report is None:
+        return backoff_interval(failures=failures, rng=rng or random.Random())
+    return poll_interval(duration_s=report.duration_s)
+
+
+class SyncLoop:
+    def __init__(self, engine: SyncEngine, *, lock: EngineLock | None = None, rng: random.Random | None = None) -> None:
+        self.engine = engine
+        self.lock = lock  # None: the caller guarantees it is the only engine (tests)
+        self.rng = rng or random.Random()
+        self.report: StepReport | None = None
+        self.standing_by = False
+        self._interval = settings.SYNC_MIN_INTERVAL_S
+        self._stored_interval: float | None = None
+        self._caught_up = False
+
+    @classmethod
+    def from_settings(cls) -> SyncLoop:
+        return cls(SyncEngine.from_settings(), lock=EngineLock())
+
+    @property
+    def failures(self) -> int:
+        return self.engine.failures
+
+    def step(self) -> StepReport | None:
+        """One step: stand by while another engine holds the lock, else sync, or record why not."""
+        self.report = None
+        if self.lock is not None and not self._hold_lock():
+            self._interval = settings.SYNC_STANDBY_POLL_S
+            return None
+        try:
+            if not self._caught_up:
+                self.engine.broadcast_unsent()
+                self._caught_up = True
+            self.report = self.engine.sync_once()
+        except TRANSIENT_ERRORS as exc:
+            failures = self.engine.failures + 1
+            self._interval = backoff_interval(failures=failures, rng=self.rng)
+            log.warning("sync failed (%d in a row), retrying in %.1fs: %s", failures, self._interval, exc)
+            self.engine.record_failure(exc, expected_interval_s=self._interval)
+            self._stored_interval = None  # written with the failure (if PostgreSQL was up)
+            return None
+        self._interval = poll_interval(duration_s=self.report.duration_s)
+        self._store_interval()
+        if self.report.changed:
+            log.info(
+                "synced %d rows (%d changed) in %.2fs",
+                self.report.rows_read,
+                self.report.changed,
+                self.report.duration_s,
+            )
+        return self.report
+
+    def next_interval(self) -> float:
+        """Seconds to wait before the next step, as decided by the last one."""
+        return self._interval
+
+    def run(self, *, wait: Callable[[float], bool]) -> None:
+        """Step until `wait(seconds)` returns True (threading.Event.wait: stop was asked)."""
+        try:
+            while True:
+                self.step()
+                if wait(self.next_interval()):
+                    return
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def _hold_lock(self) -> bool:
+        assert self.lock is not None
+        if self.lock.held():
+            return True
+        if self.lock.try_acquire():
+            log.info("holding the sync engine lock: this engine writes")
+            self.standing_by = False
+            # Whoever held it before may have died between committing and broadcasting.
+            self._caught_up = False
+            return True
+        if not self.standing_by:
+            log.info("another sync engine holds the lock; standing by")
+        self.standing_by = True
+        return False
+
+    def _store_interval(self) -> None:
+        stored = self._stored_interval
+        if stored is not None and abs(self._interval - stored) <= INTERVAL_WRITE_TOLERANCE * stored:
+            return
+        try:
+            SyncState.objects.filter(id=1).update(expected_interval_s=self._interval)
+        except DatabaseError as exc:
+            log.warning("could not store the poll interval: %s", exc)  # the next step will say more
+            return
+        self._stored_interval = self._interval
