@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, InterfaceError
 
+from dashboard import embedded_postgres
 from invocations.restate import RestateError
 from invocations.sync.engine import StepReport, SyncEngine
 
@@ -44,6 +45,14 @@ class Command(BaseCommand):
         # Polling costs Restate a full scan; keep its share of Restate's time bounded.
         return min(settings.SYNC_MAX_INTERVAL_S, max(settings.SYNC_MIN_INTERVAL_S, 4 * report.duration_s))
 
+    def recover_database(self) -> None:
+        # Backing off alone would wait forever for an embedded server nobody restarts
+        # when this is the only process left using it. A no-op with DATABASE_URL.
+        try:
+            embedded_postgres.ensure_running_again()
+        except embedded_postgres.EmbeddedPostgresError as exc:
+            log.warning("%s", exc)
+
     def handle(self, *args: Any, **options: Any) -> None:
         if options["once"]:
             self.stdout.write(str(self.sync_once()))
@@ -64,6 +73,8 @@ class Command(BaseCommand):
             except TRANSIENT_ERRORS as exc:
                 failures += 1
                 log.warning("sync failed (%d in a row), backing off: %s", failures, exc)
+                if isinstance(exc, (DatabaseError, InterfaceError)):
+                    self.recover_database()
                 assert self.engine is not None
                 self.engine.record_failure(exc)
             self.stop.wait(self.next_interval(report=report, failures=failures))
