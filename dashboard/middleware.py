@@ -1,4 +1,5 @@
-"""Turn "PostgreSQL is down" into a page that says so (503), not a bare 500."""
+"""Turn "PostgreSQL is down" into a page that says so (503), not a bare 500, and,
+when that PostgreSQL is the embedded one, start it again."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from django.db import InterfaceError, OperationalError, connection
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
+from dashboard import embedded_postgres
+
 log = logging.getLogger(__name__)
+
+RESTART_INTERVAL_S = 5.0
 
 
 class DatabaseUnavailableMiddleware:
@@ -23,6 +28,10 @@ class DatabaseUnavailableMiddleware:
         if not isinstance(exception, (OperationalError, InterfaceError)) or not _connection_is_broken(exception):
             return None
         log.warning("database unavailable while serving %s: %s", request.path, exception)
+        # Without this a web process alone would answer 503 until some other process
+        # happened to start the server. In the background and rate-limited: this request
+        # answers at once, and a burst of them makes one attempt.
+        embedded_postgres.ensure_running_again_soon(min_interval_s=RESTART_INTERVAL_S)
         # Rendered without the base template's context processors: they may query the database too.
         body = render_to_string(
             "unavailable.html",

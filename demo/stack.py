@@ -55,6 +55,10 @@ class ManagedProcess:
     def pid(self) -> int:
         return self.popen.pid
 
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
     def alive(self) -> bool:
         return self.popen.poll() is None
 
@@ -190,10 +194,13 @@ def start_ts_services(port: int, log_path: Path) -> ManagedProcess:
 
 def register_demo(client: RestateClient, python_port: int, ts_port: int | None) -> list[dict[str, Any]]:
     """Register both deployments (force: re-registering after a restart is fine)."""
-    uris = [f"http://127.0.0.1:{python_port}"]
-    if ts_port is not None:
-        uris.append(f"http://127.0.0.1:{ts_port}")
-    return [client.register_deployment(uri) for uri in uris]
+    ports = [python_port] if ts_port is None else [python_port, ts_port]
+    return [register_deployment(client, port) for port in ports]
+
+
+def register_deployment(client: RestateClient, port: int) -> dict[str, Any]:
+    """Register the demo service listening on `port` (one of the two), e.g. after it restarted."""
+    return client.register_deployment(f"http://127.0.0.1:{port}")
 
 
 @dataclass
@@ -293,6 +300,7 @@ __all__ = [
     "StackError",
     "free_port",
     "register_demo",
+    "register_deployment",
     "start_python_services",
     "start_restate",
     "start_ts_services",

@@ -2,8 +2,10 @@
 
 Starts, in order: migrations, a local login, then (unless RESTATE_ADMIN_URL
 points at a Restate of the user's own) restate-server with the demo services
-and their traffic, then the sync engine and the web server. Ctrl-C stops every
-process it started; running it again reuses ./data.
+and their traffic, then the sync engine and the web server. A process that dies
+is started again (demo.supervise: capped backoff, one line saying which and why),
+the embedded PostgreSQL included. Ctrl-C stops every process it started; running
+it again reuses ./data.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,8 +25,17 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from dashboard import embedded_redis
-from demo.stack import DemoStack, ManagedProcess, spawn, start_web
+from dashboard import embedded_postgres, embedded_redis
+from demo.stack import (
+    DemoStack,
+    ManagedProcess,
+    register_deployment,
+    spawn,
+    start_python_services,
+    start_ts_services,
+    start_web,
+)
+from demo.supervise import EmbeddedPostgresHandle, Event, PopenHandle, Supervisor
 
 ADMIN_USER = "admin"
 DEMO_PORTS = {"node": 15122, "python": 19080, "ts": 19081}
@@ -60,60 +72,120 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         user, password = local_login(data_dir)
 
-        stopping = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stopping.set())
+        supervisor = Supervisor(report=self.report)
+        wake = threading.Event()
 
-        processes: list[ManagedProcess] = []
+        def on_signal(*_: object) -> None:
+            supervisor.request_stop()
+            wake.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+
         stack: DemoStack | None = None
-        redis = None
-        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         try:
-            # The sync engine and the web server are separate processes: live updates
-            # travel between them through Redis, unless the user already points at one.
-            if not os.environ.get("REDIS_URL"):
-                redis = embedded_redis.start(data_dir / "redis", REDIS_PORT, log_path=logs / "redis.log")
-                os.environ["REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
-            if settings.RESTATE_EMBEDDED:
-                admin, ingress = urlsplit(settings.RESTATE_ADMIN_URL), urlsplit(settings.RESTATE_INGRESS_URL)
+            stack = self.add_children(supervisor, logs=logs, port=options["port"], traffic_rate=options["traffic_rate"])
+            if stack is not None:
                 self.stdout.write("Starting restate-server and the demo services...")
-                # Fixed ports (the settings' defaults) so a restart finds the same server and data.
-                stack = DemoStack.start(
-                    data_dir / "demo",
-                    admin_port=admin.port,
-                    ingress_port=ingress.port,
-                    node_port=DEMO_PORTS["node"],
-                    python_port=DEMO_PORTS["python"],
-                    ts_port=DEMO_PORTS["ts"],
-                )
-                processes.append(
-                    spawn(
-                        "demo traffic",
-                        [*manage, "demo_traffic", "--rate", str(options["traffic_rate"])],
-                        logs / "traffic.log",
-                    )
-                )
             else:
                 self.stdout.write(f"Using your Restate at {settings.RESTATE_ADMIN_URL} (no demo services started).")
-            processes.append(spawn("sync engine", [*manage, "sync_restate"], logs / "sync.log"))
-            processes.append(start_web(options["port"], logs / "web.log"))
-            url = f"http://127.0.0.1:{options['port']}/"
-            log_dirs = f"{logs}/" + (f" and {stack.log_dir}/" if stack else "")
-            self.stdout.write(
-                self.style.SUCCESS(f"\nDashboard: {url}\nLogin:     {user} / {password}\nLogs:      {log_dirs}\n")
-            )
-            self.stdout.write("Ctrl-C stops everything.")
-            while not stopping.wait(1.0):
-                for proc in processes:
-                    if not proc.alive():
-                        self.stderr.write(f"{proc.name} exited with {proc.popen.returncode}; see {proc.log_path}")
-                        stopping.set()
+            supervisor.start_all(now=time.monotonic())
+            if not supervisor.stop_requested:
+                url = f"http://127.0.0.1:{options['port']}/"
+                log_dirs = f"{logs}/" + (f" and {stack.log_dir}/" if stack else "")
+                self.stdout.write(
+                    self.style.SUCCESS(f"\nDashboard: {url}\nLogin:     {user} / {password}\nLogs:      {log_dirs}\n")
+                )
+                self.stdout.write("Ctrl-C stops everything; a process that dies is started again.")
+            while not wake.wait(1.0):
+                supervisor.poll_once(time.monotonic())
         finally:
             self.stdout.write("\nStopping...")
-            for proc in reversed(processes):
-                proc.stop()
+            supervisor.stop_all()
             if stack is not None:
                 stack.stop()
-            if redis is not None:
-                redis.terminate()
-                redis.wait(5)
+
+    def add_children(self, supervisor: Supervisor, *, logs: Path, port: int, traffic_rate: float) -> DemoStack | None:
+        """Register every child with the supervisor, in start order; returns the demo stack, if any."""
+        manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+        # None when DATABASE_URL points at a server of the user's own: not ours to restart.
+        if (pg_dir := embedded_postgres.embedded_data_dir()) is not None:
+            supervisor.add(
+                "embedded PostgreSQL", lambda: EmbeddedPostgresHandle.ensure(pg_dir), log_path=pg_dir / "log"
+            )
+        # The sync engine and the web server are separate processes: live updates
+        # travel between them through Redis, unless the user already points at one.
+        if not os.environ.get("REDIS_URL"):
+            os.environ["REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
+            redis_dir = settings.DATA_DIR / "redis"
+            supervisor.add(
+                "redis",
+                lambda: PopenHandle(embedded_redis.start(redis_dir, REDIS_PORT, log_path=logs / "redis.log")),
+                log_path=logs / "redis.log",
+            )
+        stack: DemoStack | None = None
+        if settings.RESTATE_EMBEDDED:
+            admin, ingress = urlsplit(settings.RESTATE_ADMIN_URL), urlsplit(settings.RESTATE_INGRESS_URL)
+            # Fixed ports (the settings' defaults) so a restart finds the same server and data.
+            assert admin.port is not None and ingress.port is not None
+            stack = DemoStack(
+                base_dir=settings.DATA_DIR / "demo",
+                admin_port=admin.port,
+                ingress_port=ingress.port,
+                node_port=DEMO_PORTS["node"],
+                python_port=DEMO_PORTS["python"],
+                ts_port=DEMO_PORTS["ts"],
+            )
+            demo = stack
+            supervisor.add("restate-server", lambda: _start_restate(demo), log_path=demo.log_dir / "restate-server.log")
+            python_log, ts_log = demo.log_dir / "python-services.log", demo.log_dir / "ts-services.log"
+            supervisor.add(
+                "python demo services",
+                lambda: _registered(demo, start_python_services(demo.python_port, python_log), demo.python_port),
+                log_path=python_log,
+            )
+            assert demo.ts_port is not None
+            ts_port = demo.ts_port
+            supervisor.add(
+                "ts demo services",
+                lambda: _registered(demo, start_ts_services(ts_port, ts_log), ts_port),
+                log_path=ts_log,
+            )
+            traffic = [*manage, "demo_traffic", "--rate", str(traffic_rate)]
+            supervisor.add(
+                "demo traffic",
+                lambda: spawn("demo traffic", traffic, logs / "traffic.log"),
+                log_path=logs / "traffic.log",
+            )
+        supervisor.add(
+            "sync engine",
+            lambda: spawn("sync engine", [*manage, "sync_restate"], logs / "sync.log"),
+            log_path=logs / "sync.log",
+        )
+        supervisor.add("web server", lambda: start_web(port, logs / "web.log"), log_path=logs / "web.log")
+        return stack
+
+    def report(self, event: Event) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {event.message}"
+        if event.kind == "restarted":
+            self.stdout.write(self.style.SUCCESS(line))
+        else:
+            self.stderr.write(self.style.WARNING(line))
+
+
+def _start_restate(stack: DemoStack) -> ManagedProcess:
+    stack.start_restate()
+    assert stack.restate is not None
+    return stack.restate
+
+
+def _registered(stack: DemoStack, proc: ManagedProcess, port: int) -> ManagedProcess:
+    """`proc`, once its deployment is registered with Restate. Needed on a fresh data dir;
+    after a restart it picks up handlers changed in the meantime and proves Restate reaches
+    the service again (force: registering the same deployment twice is fine)."""
+    try:
+        register_deployment(stack.client, port)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc

@@ -46,6 +46,8 @@ class EngineLock:
         self._connect = connect
         self._conn: psycopg.Connection[Any] | None = None
         self._held = False
+        # Why the last try failed, when it was the database rather than another holder.
+        self.last_error: psycopg.Error | None = None
 
     def try_acquire(self) -> bool:
         """Take the lock if nobody holds it; never waits. True if we hold it now."""
@@ -61,8 +63,10 @@ class EngineLock:
                 )
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", [self.key]).fetchone()
             self._held = bool(row and row[0])
+            self.last_error = None
         except psycopg.Error as exc:
             log.warning("could not try the sync engine lock: %s", exc)
+            self.last_error = exc
             self._close()
         return self._held
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError
 
+from dashboard import embedded_postgres
 from invocations.mirror.models import SyncState
 from invocations.mirror.sync.engine import StepReport, SyncEngine
 from invocations.mirror.sync.lock import EngineLock
@@ -53,6 +54,15 @@ def pacing(*, report: StepReport | None, failures: int, rng: random.Random | Non
     return poll_interval(duration_s=report.duration_s)
 
 
+def _recover_database() -> None:
+    # Backing off alone would wait forever for an embedded PostgreSQL that nobody
+    # restarts when this is the only process using it. A no-op with DATABASE_URL.
+    try:
+        embedded_postgres.ensure_running_again()
+    except embedded_postgres.EmbeddedPostgresError as exc:
+        log.warning("%s", exc)
+
+
 class SyncLoop:
     def __init__(self, engine: SyncEngine, *, lock: EngineLock | None = None, rng: random.Random | None = None) -> None:
         self.engine = engine
@@ -87,6 +97,8 @@ class SyncLoop:
             failures = self.engine.failures + 1
             self._interval = backoff_interval(failures=failures, rng=self.rng)
             log.warning("sync failed (%d in a row), retrying in %.1fs: %s", failures, self._interval, exc)
+            if isinstance(exc, DatabaseError | InterfaceError):
+                _recover_database()
             self.engine.record_failure(exc, expected_interval_s=self._interval)
             self._stored_interval = None  # written with the failure (if PostgreSQL was up)
             return None
@@ -129,6 +141,9 @@ class SyncLoop:
             # Whoever held it before may have died between committing and broadcasting.
             self._caught_up = False
             return True
+        if self.lock.last_error is not None:
+            _recover_database()  # no lock because PostgreSQL is down, not because someone holds it
+            return False
         if not self.standing_by:
             log.info("another sync engine holds the lock; standing by")
         self.standing_by = True
