@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: run test lint bench setup clean-data browser
+.PHONY: run test lint bench setup clean-data browser graphviz
 
 $(STAMP): requirements.txt package.json package-lock.json
 	python3 -m venv .venv
@@ -13,16 +13,20 @@ $(STAMP): requirements.txt package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) graphviz
 
-run: $(STAMP)
+run: $(STAMP) graphviz
 	$(PY) manage.py run_stack
 
 # The browser tests need Debian's Chromium; install it when missing (CI runs as root).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) browser
+# The service map is laid out by Graphviz's dot; install Debian's when missing.
+graphviz:
+	@command -v dot >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; }
+
+test: $(STAMP) browser graphviz
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
@@ -36,5 +40,5 @@ clean-data:
 # List/detail page times at 1,000,000 generated invocations, tree rendering, and live-update
 # freshness in Chromium under demo load (needs Chromium, like the browser tests).
 .PHONY: bench-pages
-bench-pages: $(STAMP) browser
+bench-pages: $(STAMP) browser graphviz
 	$(PY) -m benchmarks.pages_bench

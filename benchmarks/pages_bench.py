@@ -31,6 +31,12 @@ machine's; every ratio is taken against a baseline measured in the same run.
    duration, interval, PostgreSQL time and costliest statement.
    The synthetic rows were never in this Restate, so the periodic reconcile
    (which would mark them gone) is counted as done when the loop starts.
+5. Service map `/services/?window=1h|1d|7d`: server time cold (cache emptied
+   before each request: aggregate SQL, Graphviz, rendering) and warm (from the
+   per-window cache), median and p95, with the SQL share, the drawing's size,
+   EXPLAIN ANALYZE of its aggregate queries, and six concurrent cold requests
+   for the week (computed once, the others wait). Baseline: the same at
+   `--baseline` invocations. `--only-service-map` runs this part alone.
 """
 
 from __future__ import annotations
@@ -368,6 +374,233 @@ def time_tree(root_id: str, reps: int) -> TreeTimes:
             parts[key].append(value)
     assert tree is not None
     return TreeTimes(len(tree.by_id), sum(1 for r in rows if not r.is_more), len(html) // 1024, parts)
+
+
+# ---------------------------------------------------------------- 5. service map
+
+MAP_WINDOWS = ("1h", "1d", "7d")
+
+
+@dataclass
+class MapTimes:
+    cold: Timed
+    warm: Timed
+    compute_s: list[float]  # the map's own computation in each cold request (SQL, dot, rendering)
+    width: float = 0.0
+    height: float = 0.0
+    nodes: int = 0  # handlers + the ingress
+    edges: int = 0
+    invocations: int = 0
+
+
+def time_service_map(client: Client, *, cold_reps: int, warm_reps: int) -> dict[str, MapTimes]:
+    """Each window cold (cache emptied first) `cold_reps` times, then warm `warm_reps` times."""
+    from django.core.cache import cache
+
+    from invocations.reads.presenters import service_map as presenter
+
+    results: dict[str, MapTimes] = {}
+    for window in MAP_WINDOWS:
+        path = f"/services/?window={window}"
+        cold, warm = Timed(), Timed()
+        compute_s: list[float] = []
+        times = MapTimes(cold, warm, compute_s)
+        client.get(path)  # templates compiled, connection open
+        for i in range(cold_reps + warm_reps):
+            if i < cold_reps:
+                cache.clear()
+            timed = cold if i < cold_reps else warm
+            with recording_queries() as queries:
+                t0 = time.perf_counter()
+                response = client.get(path)
+                elapsed = time.perf_counter() - t0
+            if response.status_code != 200:
+                raise RuntimeError(f"{path} answered {response.status_code}: {response.content[:500]!r}")
+            timed.seconds.append(elapsed)
+            timed.sql_seconds.append(sum(q.seconds for q in queries))
+            timed.queries = queries
+            timed.size = len(response.content)
+            # What this request served (the response has no context outside the test runner).
+            summary = cache.get(presenter.CACHE_PREFIX + window).summary
+            if i < cold_reps:
+                compute_s.append(summary.compute_s)
+            body = response.content.decode()
+            match = re.search(r'<svg class="service-map"[^>]* width="([\d.]+)" height="([\d.]+)"', body)
+            if match:
+                times.width, times.height = float(match[1]), float(match[2])
+            times.nodes = summary.handlers + (1 if summary.ingress_roots else 0)
+            times.edges = summary.edges
+            times.invocations = summary.invocations
+        results[window] = times
+    return results
+
+
+def concurrent_cold_maps(window: str, clients: int) -> tuple[float, int, list[float]]:
+    """`clients` simultaneous cold requests for one window, each in its own thread with its own
+    Client: wall time, how many computations ran, and each request's time."""
+    from django.contrib.auth.models import User
+    from django.core.cache import cache
+    from django.db import connections
+    from django.test import Client
+
+    from invocations.reads.presenters import service_map as presenter
+
+    user = User.objects.get(username=USERNAME)
+    computations: list[float] = []
+    original = presenter.compute
+
+    def counting(**kwargs: Any) -> Any:
+        computations.append(time.perf_counter())
+        return original(**kwargs)
+
+    cache.clear()
+    barrier = threading.Barrier(clients)
+    seconds: list[float] = []
+
+    def one() -> None:
+        client = Client(HTTP_HOST="localhost")
+        client.force_login(user)
+        barrier.wait()
+        t0 = time.perf_counter()
+        response = client.get(f"/services/?window={window}")
+        seconds.append(time.perf_counter() - t0)
+        assert response.status_code == 200
+        connections.close_all()
+
+    presenter.compute = counting  # type: ignore[assignment]
+    try:
+        threads = [threading.Thread(target=one) for _ in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+    finally:
+        presenter.compute = original  # type: ignore[assignment]
+    return wall, len(computations), seconds
+
+
+def explain_map_queries(timed: Timed) -> list[tuple[str, float, str]]:
+    """EXPLAIN ANALYZE of the map's aggregate queries, as its last cold request ran them
+    (with the work_mem the selector sets for them)."""
+    from django.db import connection, transaction
+
+    from invocations.reads.selectors.service_map import AGGREGATE_WORK_MEM
+
+    aggregates = [q for q in timed.queries if "GROUP BY" in q.sql.upper()]
+    out = []
+    for q in aggregates:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('work_mem', %s, true)", [AGGREGATE_WORK_MEM])
+            seconds, plan = explain(q)
+        out.append((short_sql(q.sql, 90), seconds, plan))
+    return out
+
+
+def report_service_map(
+    big: dict[str, MapTimes], base: dict[str, MapTimes], *, scale: str, base_scale: str, explained: Any, concurrent: Any
+) -> list[list[str]]:
+    """Print section 5; return the summary rows."""
+    say(f"\n5. Service map /services/ at {scale} invocations, server time (ms); cold = cache emptied first")
+    rows = []
+    for window in MAP_WINDOWS:
+        t, b = big[window], base[window]
+        rows.append(
+            [
+                window,
+                f"{t.invocations:,}",
+                f"{t.nodes} / {t.edges}",
+                f"{t.width:.0f} x {t.height:.0f}",
+                t.cold.size // 1024,
+                ms(t.cold.median),
+                ms(t.cold.p95),
+                f"{t.cold.sql_share:.0%}",
+                ms(t.warm.median),
+                ms(t.warm.p95),
+                ms(b.cold.median),
+                f"{t.cold.median / b.cold.median:.1f}x",
+                f"{t.warm.median / b.warm.median:.1f}x",
+            ]
+        )
+    say(
+        table(
+            [
+                "window",
+                "invocations",
+                "nodes / edges",
+                "SVG px",
+                "KiB",
+                "cold median",
+                "cold p95",
+                "cold SQL",
+                "warm median",
+                "warm p95",
+                f"cold @{base_scale}",
+                f"cold {scale}/{base_scale}",
+                f"warm {scale}/{base_scale}",
+            ],
+            rows,
+        )
+    )
+    say("   The aggregate queries of a cold 7-day map (EXPLAIN ANALYZE, best of 3):")
+    for sql, seconds, plan in explained:
+        say(f"   {ms(seconds)} ms  {sql}\n       {plan}")
+    wall, computations, seconds = concurrent
+    say(
+        f"   {len(seconds)} concurrent cold requests for the week: {wall:.2f} s wall, {computations} computation(s), "
+        f"slowest request {max(seconds):.2f} s"
+    )
+    return [
+        [
+            f"service map @{scale}, {w}: cold median / warm median / warm p95 (ms)",
+            f"{ms(big[w].cold.median)} / {ms(big[w].warm.median)} / {ms(big[w].warm.p95)}",
+        ]
+        for w in MAP_WINDOWS
+    ] + [[f"service map, {len(seconds)} concurrent cold 7-day requests: wall (s)", f"{wall:.2f}"]]
+
+
+def measure_service_map(client: Client, args: argparse.Namespace) -> dict[str, MapTimes]:
+    progress(f"service map: {args.map_cold_reps} cold and {args.reps} warm requests per window")
+    return time_service_map(client, cold_reps=args.map_cold_reps, warm_reps=args.reps)
+
+
+def service_map_only(client: Client, args: argparse.Namespace, started: float) -> int:
+    """`--only-service-map`: part 5 alone, with its own baseline."""
+    progress(f"generating {args.baseline:,} invocations (baseline)")
+    small = generate(args.baseline, seed=args.seed, big_tree=0)
+    base_map = measure_service_map(client, args)
+    delete_generated()
+    progress(f"generating {args.count:,} invocations with manage.py generate_invocations")
+    big = generate(args.count, seed=args.seed, big_tree=args.big_tree)
+    say(
+        f"\nData: {big.invocations:,} invocations, {big.edges:,} edges ({table_sizes()}); baseline {small.invocations:,}"
+    )
+    big_map = measure_service_map(client, args)
+    explained, concurrent = service_map_extras()
+    scale, base_scale = short_count(big.invocations), short_count(small.invocations)
+    summary = report_service_map(
+        big_map, base_map, scale=scale, base_scale=base_scale, explained=explained, concurrent=concurrent
+    )
+    summary.append(["benchmark runtime", f"{time.monotonic() - started:.0f} s"])
+    say("\nSummary")
+    say(table(["figure", "value"], summary))
+    return 0
+
+
+def service_map_extras() -> tuple[Any, Any]:
+    progress("service map: EXPLAIN ANALYZE, concurrent cold requests")
+    from django.contrib.auth.models import User
+    from django.core.cache import cache
+    from django.test import Client
+
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(User.objects.get(username=USERNAME))
+    cache.clear()
+    with recording_queries() as queries:
+        client.get("/services/?window=7d")
+    timed = Timed(queries=queries)
+    return explain_map_queries(timed), concurrent_cold_maps("7d", 6)
 
 
 # ---------------------------------------------------------------- 4. live freshness
@@ -777,7 +1010,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=60.0, help="seconds of live measurement")
     parser.add_argument("--reload", type=float, default=10.0, help="seconds between list page reloads")
     parser.add_argument("--no-live", action="store_true", help="skip the live-update part (no Restate, no browser)")
+    parser.add_argument("--map-cold-reps", type=int, default=5, help="cold service map requests per window")
+    parser.add_argument("--only-service-map", action="store_true", help="run the service map part (5.) alone")
     args = parser.parse_args(argv)
+    if args.only_service_map:
+        args.no_live = True
 
     if not args.no_live and not Path(CHROMIUM).exists():
         say(f"{CHROMIUM} is missing: `make browser` installs Debian's Chromium (or pass --no-live)")
@@ -818,6 +1055,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cursor.execute("SHOW server_version")
             pg_version = cursor.fetchone()[0]
         say(f"Page benchmark ({os.cpu_count()} CPUs, PostgreSQL {pg_version}; times are server time in-process)")
+        if args.only_service_map:
+            return service_map_only(client, args, started)
 
         # ---- baseline data set
         progress(f"generating {args.baseline:,} invocations (baseline)")
@@ -828,6 +1067,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_detail = time_requests(
             client, [Request("node of a 4-node tree", f"/invocations/{small.small_tree_node}/")], args.reps
         )
+        base_map = measure_service_map(client, args)
         delete_generated()
 
         # ---- the big data set
@@ -946,6 +1186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"   partial (build + render) / building alone: {statistics.median(partial) / statistics.median(build):.2f}x"
         )
 
+        big_map = measure_service_map(client, args)
+        explained, concurrent = service_map_extras()
+        map_summary = report_service_map(
+            big_map, base_map, scale=scale, base_scale=base_scale, explained=explained, concurrent=concurrent
+        )
+
         live: LiveResult | None = None
         if not args.no_live:
             from django.db import connections
@@ -1044,6 +1290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ],
                 ["  samples", f"{len(live.samples):,}"],
             ]
+        summary += map_summary
         summary += [
             [f"data generation, {big.invocations:,} invocations", f"{big.seconds:.1f} s"],
             ["benchmark runtime", f"{total_s:.0f} s"],

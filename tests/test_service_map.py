@@ -1,23 +1,30 @@
-"""The service map (/services/): aggregate queries on real PostgreSQL, the pure
-layout, the page, and the map of the real demo's traffic."""
+"""The service map (/services/): aggregate queries on real PostgreSQL, the
+drawing by Graphviz, the cache, the page, and the map of the real demo's traffic."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from html import unescape
-from itertools import pairwise
+from html import escape, unescape
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from invocations.graph.layout import LABEL_H, Box, Layout, LayoutEdge, LayoutNode, layout
+from invocations.graph import layout
+from invocations.graph.layout import DrawingError, GraphEdge, GraphNode, PlacedEdge, PlacedNode, draw
 from invocations.models import Invocation, InvocationEdge
+from invocations.reads.presenters import service_map as presenter
+from invocations.reads.selectors import service_map as selector
 from invocations.reads.selectors.service_map import INGRESS, ServiceMap, service_map_get
 
 X = "\N{MULTIPLICATION SIGN}"
@@ -83,30 +90,46 @@ def save(*rows: Invocation | InvocationEdge | Iterable[Invocation | InvocationEd
     InvocationEdge.objects.bulk_create([r for r in flat if isinstance(r, InvocationEdge)])
 
 
-def edge_counts(smap: ServiceMap) -> dict[tuple[str, str, str], int]:
-    return {(e.source, e.target, e.kind): e.count for e in smap.edges}
+@pytest.fixture(autouse=True)
+def empty_cache() -> Iterator[None]:
+    # The map is cached per window for a minute: each test starts from its own data.
+    cache.clear()
+    yield
+    cache.clear()
 
 
-def overlaps(a: Box, b: Box) -> bool:
-    return a.x < b.x + b.width and b.x < a.x + a.width and a.y < b.y + b.height and b.y < a.y + a.height
+def edge_counts(smap: ServiceMap) -> dict[tuple[str, str], dict[str, int]]:
+    return {(e.source, e.target): dict(e.counts) for e in smap.edges}
 
 
-def assert_readable(result: Layout) -> None:
-    """No two boxes overlap, no two edge labels overlap, everything inside the canvas."""
-    boxes = list(result.boxes.values())
-    for a, b in pairwise(sorted(boxes, key=lambda b: (b.x, b.y))):
-        assert not overlaps(a, b), (a, b)
-    for i, a in enumerate(boxes):
-        assert a.x >= 0 and a.x + a.width <= result.width and a.y >= 0 and a.y + a.height <= result.height
-        for b in boxes[:i]:
-            assert not overlaps(a, b), (a, b)
-    labels = [
-        Box(r.label_x - r.label_width / 2, r.label_y - LABEL_H / 2, r.label_width, LABEL_H, 0) for r in result.routes
-    ]
-    for i, a in enumerate(labels):
-        assert a.y >= 0 and a.y + a.height <= result.height
-        for b in labels[:i]:
-            assert not overlaps(a, b), (a, b)
+def near_box(p: layout.Point, box: PlacedNode, tolerance: float = 2.0) -> bool:
+    """On the box's outline (or just outside it, where dot clips): not inside, not far away."""
+    dx = max(box.x - p.x, 0.0, p.x - (box.x + box.width))
+    dy = max(box.y - p.y, 0.0, p.y - (box.y + box.height))
+    outside = (dx * dx + dy * dy) ** 0.5
+    inside = min(p.x - box.x, box.x + box.width - p.x, p.y - box.y, box.y + box.height - p.y)
+    return outside <= tolerance and inside <= tolerance
+
+
+def assert_drawn(nodes: list[GraphNode], edges: list[GraphEdge], result: layout.Drawing) -> None:
+    """Every node and edge drawn in order, inside the canvas; edges from their source's box to their target's."""
+    assert [p.node for p in result.nodes] == nodes and [p.edge for p in result.edges] == edges
+    boxes = {p.node.id: p for p in result.nodes}
+    for b in result.nodes:
+        assert b.x >= 0 and b.y >= 0 and b.x + b.width <= result.width and b.y + b.height <= result.height
+    for a in result.nodes:
+        for b in result.nodes:
+            if a is not b:
+                assert not (
+                    a.x < b.x + b.width and b.x < a.x + a.width and a.y < b.y + b.height and b.y < a.y + a.height
+                )
+    for e in result.edges:
+        assert re.fullmatch(r"M [-\d. ]+( [CL] [-\d. ]+)+", e.d), e.d
+        assert near_box(e.start, boxes[e.edge.source]), (e.edge, e.start, boxes[e.edge.source])
+        assert near_box(e.end, boxes[e.edge.target]), (e.edge, e.end, boxes[e.edge.target])
+        if e.edge.label:
+            assert e.label_left >= 0 and e.label_left + e.label_width <= result.width
+            assert e.label_top >= 0 and e.label_top + e.label_height <= result.height
 
 
 # ---------------------------------------------------------------- selector, real PostgreSQL
@@ -122,6 +145,7 @@ def test_stats_count_errors_and_match_percentile_cont(db: None) -> None:
     assert (node.stats.invocations, node.stats.completed, node.stats.failed) == (7, 6, 1)
     assert node.stats.error_rate == pytest.approx(1 / 6)
     assert node.stats.error_label == "17%"
+    assert node.stats.sampled == 6 and not node.stats.percentiles_sampled
 
     # What PostgreSQL itself says for these durations (interpolated percentiles).
     with connection.cursor() as cursor:
@@ -137,7 +161,18 @@ def test_stats_count_errors_and_match_percentile_cont(db: None) -> None:
     assert node.stats.p95 == timedelta(milliseconds=850)
 
 
-def test_edges_are_aggregated_by_caller_callee_and_kind(db: None) -> None:
+def test_percentiles_are_over_the_latest_completed_only(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(selector, "PERCENTILE_SAMPLE", 3)
+    old = [inv("Greeter/greet", ms=5000, created=NOW - timedelta(minutes=50 - i)) for i in range(4)]
+    recent = [inv("Greeter/greet", ms=ms, created=NOW - timedelta(minutes=5 - i)) for i, ms in enumerate((10, 20, 30))]
+    save(old, recent, inv("Greeter/greet", created=NOW - timedelta(minutes=1)))  # running: not a sample
+    stats = {n.id: n.stats for n in service_map_get(window=HOUR, now=NOW).nodes}["Greeter/greet"]
+    assert (stats.invocations, stats.completed, stats.sampled) == (8, 7, 3)
+    assert stats.percentiles_sampled
+    assert stats.p50 == timedelta(milliseconds=20)  # the 5-second ones are older than the sample
+
+
+def test_edges_are_one_per_handler_pair_with_counts_per_kind(db: None) -> None:
     a, b = inv("Orchestrator/call_all", ms=50), inv("Orchestrator/call_all", ms=60)
     kids = [inv("Greeter/greet", ms=5, parent=p) for p in (a, a, b)]
     sent = [inv("Greeter/greet", ms=5, parent=b) for _ in range(2)]
@@ -155,28 +190,37 @@ def test_edges_are_aggregated_by_caller_callee_and_kind(db: None) -> None:
     )
     smap = service_map_get(window=HOUR, now=NOW)
     assert edge_counts(smap) == {
-        ("Orchestrator/call_all", "Greeter/greet", "call"): 3,
-        ("Orchestrator/call_all", "Greeter/greet", "send"): 2,
-        ("Orchestrator/call_all", "Counter/add", "delayed_send"): 1,
-        ("Orchestrator/call_all", "Signup/status", "call"): 1,
-        (INGRESS, "Orchestrator/call_all", INGRESS): 2,
+        ("Orchestrator/call_all", "Greeter/greet"): {"call": 3, "send": 2},
+        ("Orchestrator/call_all", "Counter/add"): {"delayed_send": 1},
+        ("Orchestrator/call_all", "Signup/status"): {"call": 1},
+        (INGRESS, "Orchestrator/call_all"): {INGRESS: 2},
     }
-    labels = {e.label for e in smap.edges}
-    assert {f"call {X}3", f"send {X}2", f"delayed {X}1", f"{X}2"} <= labels
+    by_pair = {(e.source, e.target): e for e in smap.edges}
+    greet = by_pair[("Orchestrator/call_all", "Greeter/greet")]
+    assert greet.kind == "call" and greet.total == 5 and greet.counts == (("call", 3), ("send", 2))
     nodes = {n.id: n for n in smap.nodes}
     assert nodes["Signup/status"].stats.invocations == 0  # known only from the edge
 
+    view = presenter.map_view(window=HOUR, now=NOW)
+    labels = {(e.edge.source, e.edge.target): e.label for e in view.edges}
+    assert labels[("Orchestrator/call_all", "Greeter/greet")] == f"call {X}3 \N{MIDDLE DOT} send {X}2"
+    assert labels[("Orchestrator/call_all", "Counter/add")] == f"delayed {X}1"
+    assert labels[(INGRESS, "Orchestrator/call_all")] == f"{X}2"
 
-def test_ingress_node_counts_roots_from_the_ingress_only(db: None) -> None:
-    roots = [inv("Greeter/greet", ms=3) for _ in range(3)]
-    child = inv("Greeter/greet", ms=3, parent=roots[0])
+
+def test_every_invocation_is_counted_once_and_the_ingress_is_not_a_handler(db: None) -> None:
+    roots = [inv("Orchestrator/call_all", ms=9) for _ in range(3)]
+    kids = [inv("Greeter/greet", ms=3, parent=r) for r in roots for _ in range(2)]
     from_subscription = inv("Greeter/greet", ms=3, invoked_by="subscription")
-    save(roots, child, from_subscription, edge(roots[0], child, "call", "Greeter/greet"))
+    save(roots, kids, from_subscription, [edge(r, k, "call", "Greeter/greet") for r in roots for k in kids[:2]])
     smap = service_map_get(window=HOUR, now=NOW)
     nodes = {n.id: n for n in smap.nodes}
     assert smap.nodes[0].id == INGRESS and nodes[INGRESS].stats.invocations == 3
-    assert edge_counts(smap)[(INGRESS, "Greeter/greet", INGRESS)] == 3
-    assert nodes["Greeter/greet"].stats.invocations == 5
+    assert edge_counts(smap)[(INGRESS, "Orchestrator/call_all")] == {INGRESS: 3}
+    assert [n.id for n in smap.handlers] == ["Greeter/greet", "Orchestrator/call_all"]
+    # 3 roots + 6 children + 1 from a subscription, each once (the ingress's 3 are among them).
+    assert smap.total_invocations == 10 == Invocation.objects.count()
+    assert nodes["Greeter/greet"].stats.invocations == 7
 
 
 def test_no_ingress_node_without_ingress_invocations(db: None) -> None:
@@ -195,70 +239,202 @@ def test_window_excludes_older_invocations_and_edges(db: None) -> None:
     assert hour.since == NOW - HOUR
     day = service_map_get(window=timedelta(days=1), now=NOW)
     assert {n.id for n in day.nodes} == {INGRESS, "Greeter/greet", "Alpha/hop", "Beta/hop"}
-    assert edge_counts(day)[("Alpha/hop", "Beta/hop", "call")] == 1
+    assert edge_counts(day)[("Alpha/hop", "Beta/hop")] == {"call": 1}
 
 
-def test_cross_calls_form_a_cycle_with_both_edges_drawn(db: None) -> None:
+def test_cross_calls_are_two_edges_drawn_apart(db: None) -> None:
     a = inv("Alpha/hop")
     b = inv("Beta/hop", parent=a)
     a2 = inv("Alpha/hop", parent=b)
     save(a, b, a2, edge(a, b, "call", "Beta/hop"), edge(b, a2, "call", "Alpha/hop"))
-    smap = service_map_get(window=HOUR, now=NOW)
-    assert edge_counts(smap) == {
-        ("Alpha/hop", "Beta/hop", "call"): 1,
-        ("Beta/hop", "Alpha/hop", "call"): 1,
-        (INGRESS, "Alpha/hop", INGRESS): 1,
-    }
-    nodes = [LayoutNode(n.id, 230, 64) for n in smap.nodes]
-    result = layout(nodes, [LayoutEdge(e.source, e.target, e.label) for e in smap.edges], root=INGRESS)
-    assert_readable(result)
-    boxes = result.boxes
-    assert boxes[INGRESS].x < boxes["Alpha/hop"].x < boxes["Beta/hop"].x, "left to right from the ingress"
-    by_pair = {(e.source, e.target): r for e, r in zip(smap.edges, result.routes, strict=True)}
-    there, back = by_pair[("Alpha/hop", "Beta/hop")], by_pair[("Beta/hop", "Alpha/hop")]
-    assert not there.back and back.back, "the edge that closes the cycle is the one drawn backwards"
-    assert there.d != back.d
-    # One arc bends above, the other below: their labels are clearly apart.
-    assert abs(there.label_y - back.label_y) >= LABEL_H
+    view = presenter.map_view(window=HOUR, now=NOW)
+    assert view.drawn and not view.drawing_error
+    routes = {(e.edge.source, e.edge.target): e.route for e in view.edges}
+    assert set(routes) == {("Alpha/hop", "Beta/hop"), ("Beta/hop", "Alpha/hop"), (INGRESS, "Alpha/hop")}
+    boxes = {n.node.id: n.box for n in view.nodes}
+    assert all(b is not None for b in boxes.values())
+    assert boxes[INGRESS].x < boxes["Alpha/hop"].x < boxes["Beta/hop"].x, "left to right from the ingress"  # type: ignore[union-attr]
+    there, back = routes[("Alpha/hop", "Beta/hop")], routes[("Beta/hop", "Alpha/hop")]
+    assert there is not None and back is not None and there.d != back.d
+    assert abs(there.label_y - back.label_y) >= layout.LABEL_H, "labels apart"
 
 
-# ---------------------------------------------------------------- layout alone
+# ---------------------------------------------------------------- the drawing alone (Graphviz)
 
 
-def test_three_cycle_self_loop_and_fan_out_stay_readable() -> None:
-    names = ["ingress", "A", "B", "C", "D", "E", "F", "G"]
+def test_cycles_self_loops_and_fan_out_are_all_drawn_from_box_to_box() -> None:
+    nodes = [GraphNode("ingress", 110, 44, first=True)] + [GraphNode(n, 230, 64) for n in "ABCDEFG"]
     edges = [
-        LayoutEdge("ingress", "A", f"{X}4"),
-        LayoutEdge("A", "B", f"call {X}1"),
-        LayoutEdge("B", "C", f"call {X}1"),
-        LayoutEdge("C", "A", f"call {X}1"),  # A -> B -> C -> A
-        LayoutEdge("A", "A", f"send {X}2"),  # self-loop
-        LayoutEdge("A", "A", f"call {X}1"),
-        *(LayoutEdge("B", t, f"send {X}{i}") for i, t in enumerate("DEFG")),
-        LayoutEdge("A", "D", f"delayed {X}1"),  # spans two columns: goes through a dummy slot
-        LayoutEdge("A", "B", f"send {X}9"),  # parallel to A -> B call
+        GraphEdge("ingress", "A", f"{X}4"),
+        GraphEdge("A", "B", f"call {X}1"),
+        GraphEdge("B", "A", f"call {X}1"),  # A -> B -> A
+        GraphEdge("B", "C", f"call {X}1"),
+        GraphEdge("C", "A", f"send {X}1"),  # A -> B -> C -> A
+        GraphEdge("A", "A", f"send {X}2"),  # self-loop
+        *(GraphEdge("B", t, f"send {X}{i}") for i, t in enumerate("DEFG")),
+        GraphEdge("A", "D", f"delayed {X}1"),  # spans columns
     ]
-    result = layout([LayoutNode(n, 230, 64) for n in names], edges, root="ingress")
-    assert_readable(result)
-    assert len(result.routes) == len(edges)
-    assert [r.back for r in result.routes[:4]] == [False, False, False, True]
-    assert result.routes[4].loop and result.routes[5].loop and result.routes[4].d != result.routes[5].d
-    layers = {n: b.layer for n, b in result.boxes.items()}
-    assert layers["ingress"] == 0 and layers["A"] == 1 and layers["B"] == 2 and layers["C"] == 3
-    # Every path starts at its source's box side and is made of moves, curves and lines only.
-    for r in result.routes:
-        assert re.fullmatch(r"M [-\d. ]+( [CL] [-\d. ]+)+", r.d), r.d
+    result = draw(nodes, edges)
+    assert_drawn(nodes, edges, result)
+    boxes = {p.node.id: p for p in result.nodes}
+    assert boxes["ingress"].x < min(b.x for n, b in boxes.items() if n != "ingress"), "the ingress comes first"
+    by_pair = {(e.edge.source, e.edge.target): e for e in result.edges}
+    assert by_pair[("A", "B")].d != by_pair[("B", "A")].d
+    loop = by_pair[("A", "A")]
+    assert loop.loop and not by_pair[("A", "B")].loop
+    a = boxes["A"]
+    # A loop leaves its box and comes back: some control point lies outside it.
+    xy = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", loop.d)]
+    outside = [
+        (x, y)
+        for x, y in zip(xy[::2], xy[1::2], strict=True)
+        if not (a.x <= x <= a.x + a.width and a.y <= y <= a.y + a.height)
+    ]
+    assert outside
 
 
-def test_layout_of_nothing_and_of_isolated_nodes() -> None:
-    assert layout([], []).boxes == {}
-    result = layout([LayoutNode("X/a", 200, 60), LayoutNode("Y/b", 200, 60)], [])
-    assert_readable(result)
+def test_labels_that_dot_reads_specially_are_escaped() -> None:
+    tricky = 'say "hi" \\N \\l \\\\ {x} <b>'
+    nodes = [GraphNode('a"b', 100, 40), GraphNode("c\\d", 100, 40)]
+    edges = [GraphEdge('a"b', "c\\d", tricky)]
+    source = layout.dot_source(nodes, edges)
+    assert 'a"b' not in source and "c\\d" not in source  # nodes are named by position
+    assert_drawn(nodes, edges, draw(nodes, edges))
+    # What dot itself draws for the label: the text as given, nothing substituted.
+    svg = subprocess.run(["dot", "-Tsvg"], input=source.encode(), capture_output=True, check=True).stdout.decode()
+    assert escape(tricky, quote=False) in svg.replace("&quot;", '"').replace("&#34;", '"')
 
 
-def test_layout_refuses_edges_to_unknown_nodes() -> None:
-    with pytest.raises(ValueError, match="not in the layout"):
-        layout([LayoutNode("A", 10, 10)], [LayoutEdge("A", "B")])
+def test_a_dense_map_stays_bounded() -> None:
+    """26 handlers that all call each other (1,225 caller/callee/kind combinations, as in the
+    issue): one edge per pair, a drawing of bounded size, drawn in bounded time."""
+    names = [f"Service{i:02d}/handler" for i in range(25)]
+    nodes = [GraphNode("ingress", 110, 44, first=True)] + [GraphNode(n, 230, 64) for n in names]
+    combos = [(s, t, k) for s in names for t in names for k in ("call", "send")][:1200]
+    combos += [("ingress", t, "ingress") for t in names]
+    assert len(combos) == 1225
+    pairs: dict[tuple[str, str], list[str]] = {}
+    for s, t, k in combos:
+        pairs.setdefault((s, t), []).append(f"{k} {X}1234")
+    edges = [GraphEdge(s, t, " \N{MIDDLE DOT} ".join(kinds)) for (s, t), kinds in pairs.items()]
+    assert len(edges) == 625
+    started = time.monotonic()
+    result = draw(nodes, edges)
+    assert time.monotonic() - started < layout.DOT_TIMEOUT_S
+    assert_drawn(nodes, edges, result)
+    # The hand-written layout drew 26 nodes and 1,225 edges on 8568 x 19901 px.
+    assert result.width <= 8000 and result.height <= 5000, (result.width, result.height)
+
+
+def test_drawing_of_nothing_and_refusals() -> None:
+    empty = draw([], [])
+    assert (empty.nodes, empty.edges, empty.width, empty.height) == ([], [], 0, 0)
+    lone = [GraphNode("X/a", 200, 60), GraphNode("Y/b", 200, 60)]
+    assert_drawn(lone, [], draw(lone, []))
+    with pytest.raises(ValueError, match="not in the graph"):
+        draw([GraphNode("A", 10, 10)], [GraphEdge("A", "B")])
+    with pytest.raises(ValueError, match="share an id"):
+        draw([GraphNode("A", 10, 10), GraphNode("A", 10, 10)], [])
+
+
+def test_dot_missing_or_slow_is_a_drawing_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    nodes = [GraphNode("A", 10, 10)]
+    with pytest.raises(DrawingError, match="took longer"):
+        layout.run_dot("digraph G { a -> b }", timeout=0.000001)
+    monkeypatch.setattr(layout.shutil, "which", lambda name: None)
+    with pytest.raises(DrawingError, match="not installed"):
+        draw(nodes, [])
+
+
+def test_placed_edge_label_box() -> None:
+    e = PlacedEdge(GraphEdge("a", "a", "x"), "M 0 0", layout.Point(0, 0), layout.Point(0, 0), 50, 20, 30)
+    assert (e.label_left, e.label_top, e.loop) == (35, 12, True)
+
+
+# ---------------------------------------------------------------- the cache
+
+SUMMARY = presenter.Summary(NOW - HOUR, NOW, invocations=0, handlers=0, ingress_roots=0, edges=0, compute_s=0.0)
+
+
+def test_concurrent_requests_for_a_window_compute_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+
+    def slow_compute(**kwargs: object) -> presenter.Computed:
+        calls.append(time.monotonic())
+        time.sleep(0.3)
+        return presenter.Computed(SUMMARY, presenter.SafeString(""))
+
+    monkeypatch.setattr(presenter, "compute", slow_compute)
+    monkeypatch.setattr(presenter, "data_version", lambda: (NOW, None))
+    results: list[presenter.Computed] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(presenter.cached(window_key="7d", now=NOW))) for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 6
+    # The other windows are their own entries.
+    presenter.cached(window_key="1d", now=NOW)
+    assert len(calls) == 2
+
+
+def test_a_stale_map_is_served_at_once_and_recomputed_behind_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    window = presenter.WINDOWS["1h"]
+    key = presenter.CACHE_PREFIX + "1h"
+    old = presenter.Computed(
+        SUMMARY, presenter.SafeString("old"), version=(NOW, None), stored=time.time() - window.fresh_s - 1
+    )
+    monkeypatch.setattr(presenter, "data_version", lambda: (NOW + HOUR, None))  # the data changed
+    computing = threading.Event()
+    release = threading.Event()
+
+    def slow_compute(**kwargs: object) -> presenter.Computed:
+        computing.set()
+        release.wait(10)
+        return presenter.Computed(SUMMARY, presenter.SafeString("new"))
+
+    monkeypatch.setattr(presenter, "compute", slow_compute)
+    cache.set(key, old)
+    assert presenter.cached(window_key="1h", now=NOW).html == "old"  # at once: the recomputation is behind it
+    assert computing.wait(10)
+    assert presenter.cached(window_key="1h", now=NOW).html == "old"  # one recomputation, not a second
+    release.set()
+    presenter._refreshing[key].join(10)
+    assert presenter.cached(window_key="1h", now=NOW).html == "new"
+
+
+def test_a_failed_recomputation_keeps_the_previous_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = presenter.CACHE_PREFIX + "1d"
+    old = presenter.Computed(SUMMARY, presenter.SafeString("old"), version=(), stored=time.time() - 1000)
+    cache.set(key, old)
+    monkeypatch.setattr(presenter, "data_version", lambda: (NOW, None))
+
+    def broken(**kwargs: object) -> presenter.Computed:
+        raise RuntimeError("PostgreSQL went away")
+
+    monkeypatch.setattr(presenter, "compute", broken)
+    assert presenter.cached(window_key="1d", now=NOW).html == "old"
+    presenter._refreshing[key].join(10)
+    assert not presenter._lock(key).locked(), "the next reader may try again"
+    assert presenter.cached(window_key="1d", now=NOW).html == "old"
+
+
+def test_when_a_map_is_recomputed() -> None:
+    entry = presenter.Computed(SUMMARY, presenter.SafeString(""))
+    hour, week = presenter.WINDOWS["1h"], presenter.WINDOWS["7d"]
+    now = time.time()
+
+    def aged(version: tuple, seconds: float) -> presenter.Computed:
+        return replace(entry, version=version, stored=now - seconds)
+
+    assert presenter._usable(aged((1,), 1), (2,), hour), "young enough, even though the data changed"
+    assert not presenter._usable(aged((1,), hour.fresh_s + 1), (2,), hour)
+    assert presenter._usable(aged((1,), hour.fresh_s + 1), (1,), hour), "the data did not change"
+    assert not presenter._usable(aged((1,), hour.fresh_s * presenter.UNCHANGED_FACTOR + 1), (1,), hour)
+    assert presenter._usable(aged((1,), hour.fresh_s + 1), (2,), week), "a week's map lives longer"
+    assert not presenter._usable(None, (1,), hour)
 
 
 # ---------------------------------------------------------------- the page
@@ -280,7 +456,8 @@ def recent_tree() -> tuple[Invocation, Invocation]:
 
 
 def svg_links(body: str) -> list[dict[str, list[str]]]:
-    hrefs = re.findall(r'<a href="([^"]+)" class="(?:edge|node)', body)
+    svg = body[body.index("<svg") : body.index("</svg>")]
+    hrefs = re.findall(r'<a href="([^"]+)"', svg)
     return [parse_qs(urlsplit(unescape(h)).query) for h in hrefs if urlsplit(unescape(h)).path == "/invocations/"]
 
 
@@ -305,7 +482,9 @@ def test_page_draws_nodes_and_edges_with_filter_links(client: Client) -> None:
     assert "<svg" in body and "Orchestrator/call_all" in body and "Greeter/greet" in body
     assert f"call {X}1" in body and "100% errors" in body
     assert 'marker-end="url(#arrow-call)"' in body
-    since = response.context["smap"].since
+    # Counted once: 2 invocations of 2 handlers (the ingress is where the root came from).
+    assert "2 invocations of 2 handlers" in body and "1 of them sent from outside Restate" in body
+    since = response.context["summary"].since
     links = svg_links(body)
     node_link = {"service": ["Greeter"], "handler": ["greet"], "created_after": [since.isoformat()]}
     edge_link = {
@@ -316,17 +495,40 @@ def test_page_draws_nodes_and_edges_with_filter_links(client: Client) -> None:
         "kind": ["call"],
         "created_after": [since.isoformat()],
     }
-    assert node_link in links
-    assert edge_link in links
+    ingress_link = {
+        "service": ["Orchestrator"],
+        "handler": ["call_all"],
+        "roots": ["1"],
+        "created_after": [since.isoformat()],
+    }
+    assert node_link in links and edge_link in links and ingress_link in links
     assert datetime.fromisoformat(links[0]["created_after"][0]) == since
     # The window chooser: plain links that htmx upgrades.
     assert 'href="?window=7d" hx-get="?window=7d"' in body
 
 
+def test_svg_links_have_accessible_names(client: Client) -> None:
+    recent_tree()
+    body = client.get("/services/").content.decode()
+    svg = body[body.index("<svg") : body.index("</svg>")]
+    opening = svg[: svg.index(">")]
+    assert 'role="img"' not in opening and 'role="group"' in opening and "aria-label=" in opening
+    anchors = re.findall(r"<a ([^>]*)>\s*(<title>[^<]+</title>)?", svg)
+    assert anchors
+    for attrs, title in anchors:
+        hidden = 'aria-hidden="true"' in attrs and 'tabindex="-1"' in attrs
+        assert title or hidden, attrs  # a name of its own, or a mouse-only repeat of a named link
+    names = re.findall(r"<title>([^<]+)</title>", svg)
+    assert any(n.startswith(f"Orchestrator/call_all → Greeter/greet: call {X}1") for n in names)
+    assert any(n.startswith("Greeter/greet (service): 1 invocations") for n in names)
+
+
 def test_links_lead_to_a_list_that_accepts_them(client: Client) -> None:
     recent_tree()
     body = client.get("/services/").content.decode()
-    for href in re.findall(r'<a href="(/invocations/\?[^"]+)" class="(?:edge|node)', body):
+    hrefs = re.findall(r'<a href="(/invocations/\?[^"]+)"', body)
+    assert len(hrefs) >= 5
+    for href in hrefs:
         assert client.get(unescape(href)).status_code == 200, href
 
 
@@ -345,6 +547,25 @@ def test_empty_window_suggests_a_longer_one(client: Client) -> None:
     assert "Greeter/greet" in client.get("/services/?window=1d").content.decode()
 
 
+def test_without_graphviz_the_page_lists_the_map_as_tables(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    recent_tree()
+    monkeypatch.setattr(layout.shutil, "which", lambda name: None)
+    response = client.get("/services/")
+    body = response.content.decode()
+    assert response.status_code == 200 and "<svg" not in body
+    assert "could not be drawn: Graphviz is not installed" in body
+    assert '<details class="map-table" open>' in body
+    assert re.search(rf"Orchestrator/call_all</td><td>Greeter/greet</td><td><a href=\"[^\"]+\">call {X}1</a>", body)
+
+
+def test_a_second_request_is_served_from_the_cache(client: Client, django_assert_max_num_queries: object) -> None:
+    recent_tree()
+    assert client.get("/services/").status_code == 200
+    with django_assert_max_num_queries(8):  # type: ignore[operator]  # session, user, sync state, data version
+        response = client.get("/services/")
+    assert "Greeter/greet" in response.content.decode()
+
+
 # ---------------------------------------------------------------- the real demo
 
 
@@ -356,24 +577,22 @@ def test_map_of_the_demo_shows_calls_and_the_cross_deadlock_cycle(engine: object
     traffic.fire_call_service(restate)[0]  # type: ignore[arg-type]
     traffic.fire_cross_deadlock(restate)  # type: ignore[arg-type]
 
-    def edges_now() -> dict[tuple[str, str, str], int]:
+    def edges_now() -> dict[tuple[str, str], dict[str, int]]:
         return edge_counts(service_map_get(window=HOUR, now=timezone.now()))
 
     wanted = {
-        ("Orchestrator/call_all", "Greeter/greet", "call"),
-        ("Alpha/hop", "Beta/hop", "call"),
-        ("Beta/hop", "Alpha/hop", "call"),
-        (INGRESS, "Orchestrator/call_all", INGRESS),
-        (INGRESS, "Alpha/hop", INGRESS),
+        ("Orchestrator/call_all", "Greeter/greet"),
+        ("Alpha/hop", "Beta/hop"),
+        ("Beta/hop", "Alpha/hop"),
+        (INGRESS, "Orchestrator/call_all"),
+        (INGRESS, "Alpha/hop"),
     }
     sync_until(engine, lambda: wanted <= edges_now().keys(), what=f"map edges {wanted}")  # type: ignore[arg-type]
-    smap = service_map_get(window=HOUR, now=timezone.now())
-    from invocations.reads.presenters.service_map import draw
-
-    drawing = draw(smap)
-    boxes = [n.box for n in drawing.nodes]
-    for i, a in enumerate(boxes):
-        for b in boxes[:i]:
-            assert not overlaps(a, b)
-    routes = {(e.edge.source, e.edge.target): e.route for e in drawing.edges if e.edge.kind == "call"}
-    assert routes[("Alpha/hop", "Beta/hop")].back != routes[("Beta/hop", "Alpha/hop")].back
+    view = presenter.map_view(window=HOUR, now=timezone.now())
+    assert view.drawn
+    boxes = [n.box for n in view.nodes if n.box is not None]
+    routes_drawn = [e.route for e in view.edges if e.route is not None]
+    result = layout.Drawing(boxes, routes_drawn, view.width, view.height)
+    assert_drawn([b.node for b in boxes], [r.edge for r in routes_drawn], result)
+    routes = {(e.edge.source, e.edge.target): e.route for e in view.edges}
+    assert routes[("Alpha/hop", "Beta/hop")].d != routes[("Beta/hop", "Alpha/hop")].d  # type: ignore[union-attr]

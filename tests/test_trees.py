@@ -100,11 +100,96 @@ def test_geometry_spans_created_to_completed_or_now() -> None:
     rows = [row("r", done=100), row("a", "r", at=25, done=50), row("b", "r", at=50)]
     tree = trees.build_tree(rows, [], "r", now=NOW)
     assert tree.start == T0 and tree.end == NOW
-    assert trees.geometry(tree.by_id["a"], tree.start, tree.end, NOW) == (25.0, 25.0)
-    assert trees.geometry(tree.by_id["b"], tree.start, tree.end, NOW) == (50.0, 50.0)  # running: up to now
+    a = trees.geometry(tree.by_id["a"], tree.start, tree.end, NOW)
+    assert (a.left, a.width, a.wait_width, a.run_left, a.run_width, a.beyond) == (25.0, 25.0, 0.0, 25.0, 25.0, False)
+    b = trees.geometry(tree.by_id["b"], tree.start, tree.end, NOW)
+    assert (b.run_left, b.run_width) == (50.0, 50.0)  # running: up to now
     instant = row("i", done=0)
     single = trees.build_tree([instant], [], "i", now=T0)
-    assert trees.geometry(single.root, single.start, single.end, T0) == (0.0, 100.0)
+    only = trees.geometry(single.root, single.start, single.end, T0)  # type: ignore[arg-type]
+    assert (only.left, only.width) == (0.0, 100.0)
+
+
+MS = timedelta(milliseconds=1)
+MIN5 = timedelta(minutes=5)
+
+
+def ms_row(inv_id: str, parent: str | None = None, **kw: Any) -> dict:
+    """A row with times given as datetimes (these trees are milliseconds long)."""
+    return row(inv_id, parent) | kw
+
+
+def test_a_pending_delayed_child_does_not_stretch_the_axis() -> None:
+    # A 23 ms tree that scheduled a delayed send due in 5 minutes.
+    now = T0 + timedelta(seconds=1)
+    root = ms_row("r", status="completed", running_at=T0, completed_at=T0 + 23 * MS)
+    child = ms_row("d", "r", status="scheduled", created_at=T0 + 5 * MS, scheduled_start_at=T0 + 5 * MS + MIN5)
+    tree = trees.build_tree([root, child], [edge("r", 1, "d", kind="delayed_send")], "r", now=now)
+    assert (tree.start, tree.end) == (T0, T0 + 23 * MS)  # ~23 ms, not 5 minutes
+    r = trees.geometry(tree.by_id["r"], tree.start, tree.end, now)
+    assert (r.run_left, r.run_width, r.beyond) == (0.0, 100.0, False), "the root fills the axis"
+    d = trees.geometry(tree.by_id["d"], tree.start, tree.end, now)
+    assert d.run_width == 0.0, "it has not run"
+    assert d.wait_left == round(5 / 23 * 100, 3) and d.wait_left + d.wait_width == 100.0, "waits up to the edge"
+    assert d.beyond and d.fires_in == MIN5 + 5 * MS - timedelta(seconds=1)
+    rows = trees.flatten(tree, now=now)
+    assert rows[1].beyond and rows[1].fires_in == d.fires_in and rows[1].wait_width == d.wait_width
+
+
+def test_a_delayed_send_that_fired_later_waited_then_ran_briefly() -> None:
+    # Fired after 5 minutes, ran 10 ms: a 5-minute wait and a 10 ms run, not a 5-minute run.
+    now = T0 + timedelta(minutes=10)
+    fired = T0 + 5 * MS + MIN5
+    root = ms_row("r", status="completed", running_at=T0, completed_at=T0 + 23 * MS)
+    child = ms_row(
+        "d",
+        "r",
+        status="completed",
+        created_at=T0 + 5 * MS,
+        scheduled_start_at=fired,
+        running_at=fired,
+        completed_at=fired + 10 * MS,
+    )
+    tree = trees.build_tree([root, child], [edge("r", 1, "d", kind="delayed_send")], "r", now=now)
+    assert (tree.start, tree.end) == (T0, fired + 10 * MS)
+    span = (tree.end - tree.start).total_seconds()  # type: ignore[operator]
+    d = trees.geometry(tree.by_id["d"], tree.start, tree.end, now)
+    assert abs(d.wait_width / 100 * span - MIN5.total_seconds()) < 0.001, "waited 5 minutes"
+    assert abs(d.run_left / 100 * span - (fired - T0).total_seconds()) < 0.001, "ran once it fired"
+    assert d.run_width == trees.MIN_RUN and not d.beyond and d.fires_in is None, "10 ms: a sliver"
+    # Zoomed to the 40 ms around the firing, the run is a quarter of the axis and the wait is cut at the left.
+    zoom = trees.geometry(tree.by_id["d"], fired - 10 * MS, fired + 30 * MS, now)
+    assert (zoom.wait_left, zoom.wait_width, zoom.run_left, zoom.run_width) == (0.0, 25.0, 25.0, 25.0)
+
+
+def test_a_queued_call_waits_until_it_runs() -> None:
+    now = T0 + timedelta(seconds=10)
+    root = ms_row("r", status="running", running_at=T0)
+    ran = ms_row(
+        "q",
+        "r",
+        status="completed",
+        created_at=T0 + timedelta(seconds=1),
+        running_at=T0 + timedelta(seconds=4),
+        completed_at=T0 + timedelta(seconds=5),
+    )
+    queued = ms_row("p", "r", status="pending", created_at=T0 + timedelta(seconds=6))
+    tree = trees.build_tree([root, ran, queued], [], "r", now=now)
+    assert (tree.start, tree.end) == (T0, now)
+    q = trees.geometry(tree.by_id["q"], tree.start, tree.end, now)
+    assert (q.wait_left, q.wait_width, q.run_left, q.run_width) == (10.0, 30.0, 40.0, 10.0)
+    p = trees.geometry(tree.by_id["p"], tree.start, tree.end, now)
+    assert (p.wait_left, p.wait_width, p.run_width, p.beyond) == (60.0, 40.0, 0.0, False), "queued until now"
+
+
+def test_a_tree_where_nothing_ran_yet_spans_the_waiting() -> None:
+    now = T0 + timedelta(seconds=30)
+    root = ms_row("s", status="scheduled", scheduled_start_at=T0 + timedelta(hours=1))
+    tree = trees.build_tree([root], [], "s", now=now)
+    assert (tree.start, tree.end) == (T0, now)
+    bar = trees.geometry(tree.by_id["s"], tree.start, tree.end, now)
+    assert (bar.wait_left, bar.wait_width, bar.run_width) == (0.0, 100.0, 0.0)
+    assert bar.beyond and bar.fires_in == timedelta(minutes=59, seconds=30)
 
 
 def test_flatten_is_pre_order_with_nesting_closes() -> None:

@@ -29,6 +29,9 @@ CALL = "call"
 SEND = "send"
 DELAYED_SEND = "delayed_send"
 UNKNOWN = "unknown"
+# Statuses of an invocation that has not run yet: a delayed send waiting to fire, a call
+# queued behind a virtual object's lock, one waiting for a worker.
+NOT_STARTED = frozenset({"scheduled", "pending", "ready"})
 
 # Fields the tree needs from an invocation row (the selector asks for exactly these).
 ROW_FIELDS = (
@@ -84,12 +87,28 @@ class Node:
         """Created to completed; None while it has not completed."""
         return self.completed_at - self.created_at if self.completed_at else None
 
+    @property
+    def started(self) -> bool:
+        return not self.phantom and (
+            self.running_at is not None or self.completed_at is not None or self.status not in NOT_STARTED
+        )
+
+    @property
+    def run_start(self) -> datetime | None:
+        """When it began to run: until then it waited (scheduled, or queued). None if it has not."""
+        if not self.started:
+            return None
+        return self.running_at or self.created_at
+
 
 @dataclass(slots=True)
 class Tree:
     roots: list[Node]  # the root first; then any orphans whose parent is missing from our copy
     by_id: dict[str, Node]
-    start: datetime | None  # the waterfall's time span
+    # The waterfall's time axis: what ran, from the first start to the last completion (or now
+    # while something runs). A delayed child due in 5 minutes does not stretch a 23 ms tree:
+    # its wait is drawn up to the edge and marked as going beyond it.
+    start: datetime | None
     end: datetime | None
 
     @property
@@ -206,8 +225,9 @@ def build_tree(
             node.children.sort(key=_child_order)
             order.append(node)
             stack.extend((c, depth + 1) for c in reversed(node.children))
-            if not node.phantom:
-                start = node.created_at if start is None else min(start, node.created_at)
+            began = node.run_start
+            if began is not None:
+                start = began if start is None else min(start, began)
                 finish = node.completed_at or now
                 end = finish if end is None else max(end, finish)
     # Nodes only reachable through a parent cycle (bad data) were never visited:
@@ -231,6 +251,11 @@ def build_tree(
             stack.extend((c, depth + 1) for c in reversed(n.children))
     for node in reversed(order):
         node.size = 1 + sum(c.size for c in node.children)
+    if start is None:
+        # Nothing has run yet (a scheduled root): the axis is the waiting so far.
+        created = [n.created_at for n in by_id.values() if not n.phantom]
+        if created:
+            start, end = min(created), max(now, max(created))
     return Tree(roots=roots, by_id=by_id, start=start, end=end)
 
 
@@ -247,8 +272,16 @@ class Row:
     on_path: bool = False
     has_rendered_children: bool = False
     closes: int = 0  # how many enclosing subtrees end after this row (nested <details>)
-    left: float = 0.0  # bar geometry, percent of the span
+    # Bar geometry in percent of the axis: the time it waited (scheduled until it fired, queued
+    # until it ran), then the time it ran; left/width span both.
+    left: float = 0.0
     width: float = 0.0
+    wait_left: float = 0.0
+    wait_width: float = 0.0
+    run_left: float = 0.0
+    run_width: float = 0.0
+    beyond: bool = False  # it goes on past the axis's end (a delayed send not due yet, a queue)
+    fires_in: timedelta | None = None  # from now until a delayed send fires, when it has not
     # "show more" rows only:
     parent_id: str | None = None
     offset: int = 0
@@ -266,19 +299,64 @@ class Row:
         return "</details>" * self.closes
 
 
-def geometry(node: Node, start: datetime | None, end: datetime | None, now: datetime) -> tuple[float, float]:
-    """Left and width of a node's bar in percent of the tree's span (created -> completed or now)."""
-    if start is None or end is None:
-        return 0.0, 100.0
+@dataclass(frozen=True, slots=True)
+class Bar:
+    wait_left: float = 0.0
+    wait_width: float = 0.0
+    run_left: float = 0.0
+    run_width: float = 0.0
+    beyond: bool = False
+    fires_in: timedelta | None = None
+
+    @property
+    def left(self) -> float:
+        return self.wait_left if self.wait_width else self.run_left
+
+    @property
+    def width(self) -> float:
+        end = self.run_left + self.run_width if self.run_width else self.wait_left + self.wait_width
+        return round(end - self.left, 3)
+
+
+MIN_RUN = 0.25  # percent: sub-pixel bars vanish; every run keeps a sliver to see
+
+
+def geometry(node: Node, start: datetime | None, end: datetime | None, now: datetime) -> Bar:
+    """A node's wait and run segments in percent of the axis `start`..`end`.
+
+    Waiting is created -> running_at (or until now, or until it fires, if it has not run);
+    running is running_at -> completed_at (or now). Whatever lies past the axis is cut at its
+    edge and marked `beyond`.
+    """
+    fires = node.fires_at
+    fires_in = max(fires - now, timedelta(0)) if fires is not None and not node.started else None
+    if node.phantom:
+        return Bar()
+    if start is None or end is None or end <= start:
+        return Bar(run_width=100.0) if node.started else Bar(wait_width=100.0, beyond=True, fires_in=fires_in)
     span = (end - start).total_seconds()
-    if span <= 0:
-        return 0.0, 100.0
-    begin = (node.created_at - start).total_seconds()
-    finish = ((node.completed_at or now) - start).total_seconds()
-    left = min(max(begin / span * 100.0, 0.0), 100.0)
-    width = min(max((finish - begin) / span * 100.0, 0.0), 100.0 - left)
-    # Sub-pixel bars vanish; keep a sliver so every row has something to see.
-    return round(left, 3), round(max(width, 0.25), 3)
+
+    def pct(t: datetime) -> float:
+        return min(max((t - start).total_seconds() / span * 100.0, 0.0), 100.0)
+
+    began = node.run_start
+    waited_until = began if began is not None else max(now, fires or now)
+    wait_left, wait_right = pct(node.created_at), pct(waited_until)
+    beyond = waited_until > end
+    run_left = run_width = 0.0
+    if began is not None:
+        finish = node.completed_at or now
+        beyond = beyond or finish > end
+        run_left = pct(began)
+        run_width = max(pct(finish) - run_left, MIN_RUN)
+    return Bar(
+        wait_left=round(wait_left, 3),
+        wait_width=round(max(wait_right - wait_left, 0.0), 3),
+        run_left=round(run_left, 3),
+        run_width=round(run_width, 3),
+        beyond=beyond,
+        fires_in=fires_in,
+    )
 
 
 def flatten(
@@ -342,14 +420,20 @@ class _Walk:
         self.rows: list[Row] = []
 
     def _row(self, node: Node) -> Row:
-        left, width = geometry(node, self.tree.start, self.tree.end, self.now)
+        bar = geometry(node, self.tree.start, self.tree.end, self.now)
         return Row(
             node=node,
             depth=node.depth,
             current=node.id == self.current_id,
             on_path=node.id in self.path_ids,
-            left=left,
-            width=width,
+            left=bar.left,
+            width=bar.width,
+            wait_left=bar.wait_left,
+            wait_width=bar.wait_width,
+            run_left=bar.run_left,
+            run_width=bar.run_width,
+            beyond=bar.beyond,
+            fires_in=bar.fires_in,
         )
 
     def _push(self, stack: list[_Frame], node: Node) -> None:

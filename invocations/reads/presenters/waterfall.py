@@ -65,9 +65,25 @@ def _node_row_html(r: trees.Row, detail_url: str) -> str:
     )
     return (
         f'{opening}<span class="wf-label">{"".join(label)}</span>'
-        f'<span class="wf-track"><span class="bar" style="left:{r.left}%;width:{r.width}%"></span></span>'
+        f'<span class="wf-track">{_bar_html(r)}</span>'
         f'<span class="wf-when">{when}</span>{"</summary>" if r.has_rendered_children else "</div>"}{r.close_tags}'
     )
+
+
+def _bar_html(r: trees.Row) -> str:
+    """The time it waited (scheduled, queued), the time it ran, and a marker when it goes on past the axis."""
+    parts = []
+    if r.wait_width:
+        parts.append(f'<span class="wait" style="left:{r.wait_left}%;width:{r.wait_width}%"></span>')
+    if r.run_width:
+        parts.append(f'<span class="bar" style="left:{r.run_left}%;width:{r.run_width}%"></span>')
+    if r.beyond:
+        if r.fires_in is not None:
+            text = f"fires in {duration(r.fires_in)}" if r.fires_in else "due now"
+        else:
+            text = "still running" if r.run_width else "waiting"
+        parts.append(f'<span class="beyond" title="goes on past the end of the axis">{text} →</span>')
+    return "".join(parts)
 
 
 def _more_row_html(r: trees.Row, children_url: str) -> str:
