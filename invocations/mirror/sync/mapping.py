@@ -88,7 +88,7 @@ def epoch_ms_to_datetime(value: Any) -> datetime | None:
     return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
 
 
-def _int(value: Any, default: int | None = 0) -> int | None:
+def _int(value: Any, default: int = 0) -> int:
     if value is None or value == "":
         return default
     return int(value)
@@ -101,6 +101,8 @@ def _str(value: Any) -> str | None:
 def invocation_from_row(row: Row, *, now: datetime) -> Invocation:
     parent_id = row.get("invoked_by_id")
     created_at = parse_timestamp(row["created_at"])
+    if created_at is None:
+        raise ValueError(f"invocation {row.get('id')!r} has no created_at")
     modified_at = parse_timestamp(row.get("modified_at")) or created_at
     return Invocation(
         id=row["id"],
