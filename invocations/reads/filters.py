@@ -4,7 +4,7 @@ link), validated with clear messages, and turned into a queryset filter."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,6 +27,18 @@ SORTS = {
 }
 DEFAULT_SORT = "-created"
 
+# Times outside this range are typos or probes; far enough out they overflow when shown in UTC.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+class BoundedDateTimeField(forms.DateTimeField):
+    def validate(self, value: datetime | None) -> None:
+        super().validate(value)
+        # Aware datetimes compare without converting, so this cannot overflow itself.
+        if value is not None and not EARLIEST <= value < LATEST:
+            raise forms.ValidationError("must be a time between the years 1970 and 9000")
+
 
 class InvocationFilterForm(forms.Form):
     status = forms.MultipleChoiceField(choices=InvocationStatus.choices, required=False)
@@ -37,10 +49,10 @@ class InvocationFilterForm(forms.Form):
     parent = forms.CharField(required=False, max_length=100, label="Parent invocation")
     roots = forms.BooleanField(required=False, label="Roots only")
     deployment = forms.CharField(required=False, max_length=100)
-    created_after = forms.DateTimeField(required=False)
-    created_before = forms.DateTimeField(required=False)
-    modified_after = forms.DateTimeField(required=False)
-    modified_before = forms.DateTimeField(required=False)
+    created_after = BoundedDateTimeField(required=False)
+    created_before = BoundedDateTimeField(required=False)
+    modified_after = BoundedDateTimeField(required=False)
+    modified_before = BoundedDateTimeField(required=False)
     q = forms.CharField(required=False, max_length=100, label="Invocation id or prefix")
     # Callees of one caller handler through one edge kind (links from the service map).
     caller_service = forms.CharField(required=False, max_length=255)

@@ -1,0 +1,154 @@
+"""What a walk-through in Chromium found (issue 6, section 4), one test per finding:
+filters that compose, retries in English, outcomes, 400s instead of 500s, the small
+things. Against real PostgreSQL; the last tests drive Chromium against Daphne."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.test import Client
+
+from invocations.models import Invocation
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def iid(n: int) -> str:
+    return f"inv_1w{n:06d}AAAAAAAAAAAAAAAAAAAAAAA"
+
+
+def inv(n: int, **fields: Any) -> Invocation:
+    created = fields.pop("created_at", T0 + timedelta(seconds=n))
+    values: dict[str, Any] = {
+        "id": iid(n),
+        "target": "Greeter/greet",
+        "service_name": "Greeter",
+        "handler_name": "greet",
+        "service_type": "service",
+        "status": "completed",
+        "completion_result": "success",
+        "invoked_by": "ingress",
+        "created_at": created,
+        "modified_at": created,
+        "completed_at": created + timedelta(milliseconds=100),
+        "first_seen_at": created,
+        "synced_at": created,
+    }
+    values.update(fields)
+    if values["status"] != "completed":
+        values.update(completion_result=None, completed_at=None)
+    values.setdefault("root_id", values["id"])
+    return Invocation(**values)
+
+
+@pytest.fixture
+def client(db: None) -> Client:
+    c = Client()
+    c.force_login(User.objects.create_user("op"))
+    return c
+
+
+def ids(client: Client, **params: Any) -> list[str]:
+    response = client.get("/invocations/", params)
+    assert response.status_code == 200, response.content[:500]
+    return [row.id for row in response.context["page"].rows]
+
+
+class _Inputs(HTMLParser):
+    """The (name, value) pairs a browser would submit for the inputs in some HTML."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pairs: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag != "input" or not a.get("name"):
+            return
+        if a.get("type") == "checkbox" and "checked" not in a:
+            return
+        self.pairs.append((a["name"] or "", a.get("value") or ""))
+
+
+def inputs(html: str) -> list[tuple[str, str]]:
+    parser = _Inputs()
+    parser.feed(html)
+    return parser.pairs
+
+
+def filter_form(body: str) -> str:
+    match = re.search(r'<form class="filters".*?</form>', body, re.S)
+    assert match, "no filter form on the page"
+    return match.group(0)
+
+
+def filter_state(body: str) -> str:
+    match = re.search(r'<span id="filter-state"[^>]*>.*?</span>', body, re.S)
+    assert match, "no #filter-state in the response"
+    return match.group(0)
+
+
+# ------------------------------------------------- 4. 400s, not 500s
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"sort": "-duration", "after": "infs~inv_1abc"}, "out of range"),
+        ({"sort": "-duration", "after": "-infs~inv_1abc"}, "out of range"),
+        ({"sort": "-duration", "after": "1e300s~inv_1abc"}, "out of range"),
+        ({"sort": "-duration", "after": "nans~inv_1abc"}, "out of range"),
+        ({"sort": "-duration", "after": "1.5s~inv_1\x00abc"}, "control characters"),
+        ({"after": "2026-11-22T12:00:00.000000Z~inv_1\x00abc"}, "control characters"),
+        ({"after": "0001-01-01T00:00:00+05:00~inv_1abc"}, "out of range"),
+        ({"created_after": "0001-01-01T00:00:00+05:00"}, "between the years 1970 and 9000"),
+        ({"created_before": "9999-12-31T23:59:59-05:00"}, "between the years 1970 and 9000"),
+        ({"modified_after": "1969-12-31T23:59:59Z"}, "between the years 1970 and 9000"),
+        ({"service": "Gree\x00ter"}, "Null characters"),
+    ],
+)
+def test_what_was_a_500_is_a_400_with_a_message(client: Client, db: None, params: dict, says: str) -> None:
+    response = client.get("/invocations/", params)
+    assert response.status_code == 400
+    assert says in response.content.decode()
+
+
+def test_an_id_with_a_slash_in_restates_data_is_linked_not_a_500(client: Client, db: None) -> None:
+    odd = "inv_1odd/AAAAAAAAAAAAAAAAAAAAAAAAAA"
+    Invocation.objects.bulk_create(
+        [inv(1, parent_id=odd, root_id=None, invoked_by="service", restarted_from="inv/x"), inv(2, id=odd)]
+    )
+    detail = client.get(f"/invocations/{iid(1)}/")
+    assert detail.status_code == 200
+    assert f'href="/invocations/{odd}/"' in detail.content.decode()
+    listing = client.get("/invocations/")
+    assert listing.status_code == 200 and f'href="/invocations/{odd}/"' in listing.content.decode()
+    # Following such a link says what is wrong with the id.
+    for url in (f"/invocations/{odd}/", f"/invocations/{odd}/children/"):
+        response = client.get(url)
+        assert response.status_code == 400 and "not a Restate invocation id" in response.content.decode()
+    # The ordinary routes still resolve as before.
+    assert client.get(f"/invocations/{iid(1)}/children/").status_code == 200
+
+
+def test_an_unknown_websocket_path_closes_cleanly() -> None:
+    from dashboard.asgi import application
+
+    async def connect(path: str) -> tuple[bool, Any]:
+        communicator = WebsocketCommunicator(
+            application, path, headers=[(b"origin", b"http://localhost:8000"), (b"host", b"localhost:8000")]
+        )
+        try:
+            return await communicator.connect()
+        finally:
+            await communicator.disconnect()
+
+    assert asyncio.run(connect("/ws/nothing-here/")) == (False, 4404)
+    assert asyncio.run(connect("/not-even-ws/")) == (False, 4404)
