@@ -16,6 +16,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from invocations.models import Invocation
+from invocations.reads.presenters.invocation import attempts_label, retries, retries_label
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -93,6 +94,43 @@ def filter_state(body: str) -> str:
     match = re.search(r'<span id="filter-state"[^>]*>.*?</span>', body, re.S)
     assert match, "no #filter-state in the response"
     return match.group(0)
+
+
+# ------------------------------------------------- 2. retries, in English
+
+
+def test_retries_rule() -> None:
+    # Restate's retry_count counts attempts; null once completed.
+    assert [retries(n) for n in (None, 0, 1, 2, 5)] == [0, 0, 0, 1, 4]
+    assert [retries_label(n) for n in (None, 1, 2, 3, 1001)] == ["", "", "1 retry", "2 retries", "1,000 retries"]
+    assert attempts_label(1, "running") == "1"
+    assert attempts_label(3, "backing-off") == "3 (2 retries)"
+    assert attempts_label(0, "completed") == "not reported once completed"
+    assert attempts_label(0, "scheduled") == "not started yet"
+
+
+def test_list_rows_flag_only_real_retries(client: Client, db: None) -> None:
+    Invocation.objects.bulk_create(
+        [inv(1, status="running", retry_count=1), inv(2, status="backing-off", retry_count=2), inv(3, retry_count=3)]
+    )
+    body = client.get("/invocations/").content.decode()
+    rows = {m.group(1): m.group(0) for m in re.finditer(r'<tr id="row-(\S+)".*?</tr>', body, re.S)}
+    assert "retr" not in rows[iid(1)]
+    assert '<span class="retries"' in rows[iid(2)] and ">1 retry<" in rows[iid(2)]
+    assert ">2 retries<" in rows[iid(3)]
+    assert "1 retries" not in body
+
+
+def test_detail_header_and_tree_use_the_same_rule(client: Client, db: None) -> None:
+    root = inv(1, status="running", retry_count=1)
+    child = inv(2, status="backing-off", retry_count=2, parent_id=root.id, root_id=root.id, invoked_by="service")
+    Invocation.objects.bulk_create([root, child])
+    body = client.get(f"/invocations/{root.id}/").content.decode()
+    assert "<dt>Attempts</dt><dd>1" in body
+    tree = body[body.index('id="inv-tree"') :]
+    assert '<span class="retries">1 retry</span>' in tree and tree.count('class="retries"') == 1
+    child_body = client.get(f"/invocations/{child.id}/").content.decode()
+    assert "<dt>Attempts</dt><dd>2 (1 retry)" in child_body
 
 
 # ------------------------------------------------- 4. 400s, not 500s
