@@ -9,12 +9,14 @@ import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import Client
 
+from invocations.mirror.status import CANCELLED_FAILURE, KILLED_FAILURE, Outcome
 from invocations.models import Invocation
 from invocations.reads.presenters.invocation import attempts_label, retries, retries_label
 
@@ -131,6 +133,85 @@ def test_detail_header_and_tree_use_the_same_rule(client: Client, db: None) -> N
     assert '<span class="retries">1 retry</span>' in tree and tree.count('class="retries"') == 1
     child_body = client.get(f"/invocations/{child.id}/").content.decode()
     assert "<dt>Attempts</dt><dd>2 (1 retry)" in child_body
+
+
+# ------------------------------------------------- 3. the outcome of completed invocations
+
+
+@pytest.fixture
+def outcomes(db: None) -> list[Invocation]:
+    rows = [
+        inv(1),
+        inv(2, completion_result="failure", completion_failure="[500] card declined"),
+        # The texts Restate 1.7.12 writes for a cancel and a kill (the demo's saga, a killed Flaky.fail).
+        inv(3, completion_result="failure", completion_failure=CANCELLED_FAILURE, service_name="Trip"),
+        inv(4, completion_result="failure", completion_failure=KILLED_FAILURE),
+        inv(5, status="running"),
+        inv(6, service_name="Trip"),
+    ]
+    return Invocation.objects.bulk_create(rows)
+
+
+def test_the_outcome_vocabulary_matches_restate() -> None:
+    assert Outcome.values == ["succeeded", "failed", "cancelled", "killed"]
+    assert CANCELLED_FAILURE == "[409] cancelled" and KILLED_FAILURE == "[409] killed"
+
+
+def test_each_outcome_filters(client: Client, outcomes: list[Invocation]) -> None:
+    assert ids(client, outcome="succeeded") == [iid(6), iid(1)]
+    assert ids(client, outcome="failed") == [iid(2)]
+    assert ids(client, outcome="cancelled") == [iid(3)]
+    assert ids(client, outcome="killed") == [iid(4)]
+    assert ids(client, outcome=["cancelled", "killed"]) == [iid(4), iid(3)]
+    assert ids(client, outcome="succeeded", service="Trip") == [iid(6)]
+    assert ids(client, outcome="succeeded", status="running") == []
+
+
+def outcome_chips(client: Client, **params: Any) -> dict[str, tuple[str, str | None]]:
+    """What the page's outcome chips show once their counts arrived: outcome -> (link, count)."""
+    response = client.get("/invocations/", {**params, "partial": "outcomes"}, headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    found = re.findall(
+        r'<a class="chip outcome-(\w+)[^"]*" href="\?([^"]*)".*?>\w+(?: <b>([^<]*)</b>)?</a>', response.content.decode()
+    )
+    return {outcome: (query.replace("&amp;", "&"), count) for outcome, query, count in found}
+
+
+def test_outcome_chips_count_under_the_other_filters(client: Client, outcomes: list[Invocation]) -> None:
+    chips = outcome_chips(client, service="Trip", outcome="cancelled")
+    assert {k: count for k, (_q, count) in chips.items()} == {
+        "succeeded": "1",
+        "failed": "0",
+        "cancelled": "1",
+        "killed": "0",
+    }
+    # A chip toggles its outcome and keeps the other filters.
+    assert parse_qs(chips["cancelled"][0]) == {"service": ["Trip"]}
+    assert parse_qs(chips["killed"][0]) == {"service": ["Trip"], "outcome": ["cancelled", "killed"]}
+    # The page itself shows the chips at once and asks for their counts after it is shown.
+    response = client.get("/invocations/", {"service": "Trip", "outcome": "cancelled"})
+    body = response.content.decode()
+    nav = re.search(r'<nav class="chips" id="outcome-chips".*?</nav>', body, re.S)
+    assert nav and 'hx-trigger="load"' in nav.group(0) and "partial=outcomes" in nav.group(0)
+    assert "<b>" not in nav.group(0) and 'class="chip outcome-cancelled active"' in nav.group(0)
+    # The status chips count under the outcome filter.
+    status = {c["status"]: c["count"] for c in response.context["chips"]}
+    assert status["completed"] == 1 and status["running"] == 0
+
+
+def test_outcome_counts_stop_at_the_cap(
+    client: Client, outcomes: list[Invocation], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from invocations.reads.selectors import invocations as selectors
+
+    monkeypatch.setattr(selectors, "STATUS_COUNT_CAP", 1)
+    chips = outcome_chips(client)
+    assert chips["succeeded"][1] == "1+" and chips["killed"][1] == "1"
+
+
+def test_an_unknown_outcome_is_a_400(client: Client, db: None) -> None:
+    response = client.get("/invocations/", {"outcome": "exploded"})
+    assert response.status_code == 400 and "outcome" in response.content.decode()
 
 
 # ------------------------------------------------- 4. 400s, not 500s

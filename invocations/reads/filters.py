@@ -12,7 +12,14 @@ from django import forms
 from django.db.models import Q
 
 from invocations.mirror.models import EdgeKind, Invocation, InvocationEdge
-from invocations.mirror.status import InvocationStatus
+from invocations.mirror.status import (
+    CANCELLED_FAILURE,
+    COMPLETION_FAILURE,
+    COMPLETION_SUCCESS,
+    KILLED_FAILURE,
+    InvocationStatus,
+    Outcome,
+)
 from invocations.reads.presenters.formatting import iso_utc
 from invocations.restate import INVOCATION_ID_RE
 
@@ -26,6 +33,15 @@ SORTS = {
     "duration": ("Shortest (completed)", "duration", False),
 }
 DEFAULT_SORT = "-created"
+
+# What "outcome=" means in our copy; a cancel or kill is a failure whose text says so.
+OUTCOME_Q: dict[str, Q] = {
+    Outcome.SUCCEEDED: Q(completion_result=COMPLETION_SUCCESS),
+    Outcome.FAILED: Q(completion_result=COMPLETION_FAILURE)
+    & ~Q(completion_failure__in=[CANCELLED_FAILURE, KILLED_FAILURE]),
+    Outcome.CANCELLED: Q(completion_result=COMPLETION_FAILURE, completion_failure=CANCELLED_FAILURE),
+    Outcome.KILLED: Q(completion_result=COMPLETION_FAILURE, completion_failure=KILLED_FAILURE),
+}
 
 # Times outside this range are typos or probes; far enough out they overflow when shown in UTC.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -42,6 +58,7 @@ class BoundedDateTimeField(forms.DateTimeField):
 
 class InvocationFilterForm(forms.Form):
     status = forms.MultipleChoiceField(choices=InvocationStatus.choices, required=False)
+    outcome = forms.MultipleChoiceField(choices=Outcome.choices, required=False)
     service = forms.CharField(required=False, max_length=255)
     handler = forms.CharField(required=False, max_length=255)
     key = forms.CharField(required=False, max_length=1000, label="Object/workflow key")
@@ -83,6 +100,7 @@ class InvocationFilterForm(forms.Form):
 @dataclass(frozen=True)
 class InvocationFilters:
     statuses: tuple[str, ...] = ()
+    outcomes: tuple[str, ...] = ()
     service: str = ""
     handler: str = ""
     key: str = ""
@@ -105,6 +123,7 @@ class InvocationFilters:
     def from_form(cls, data: dict[str, Any]) -> InvocationFilters:
         return cls(
             statuses=tuple(data.get("status") or ()),
+            outcomes=tuple(data.get("outcome") or ()),
             service=data.get("service") or "",
             handler=data.get("handler") or "",
             key=data.get("key") or "",
@@ -123,11 +142,16 @@ class InvocationFilters:
             sort=data.get("sort") or DEFAULT_SORT,
         )
 
-    def q(self, *, include_status: bool = True) -> Q:
-        """The WHERE clause; `include_status=False` for the per-status counts."""
+    def q(self, *, include_status: bool = True, include_outcome: bool = True) -> Q:
+        """The WHERE clause; `include_status=False` / `include_outcome=False` for the chips' counts."""
         q = Q()
         if include_status and self.statuses:
             q &= Q(status__in=self.statuses)
+        if include_outcome and self.outcomes:
+            either = Q()
+            for outcome in self.outcomes:
+                either |= OUTCOME_Q[outcome]
+            q &= either
         if self.service:
             q &= Q(service_name=self.service)
         if self.handler:
@@ -169,6 +193,7 @@ class InvocationFilters:
         """URL parameters for these filters, with `changes` applied (None drops a key)."""
         values: dict[str, Any] = {
             "status": list(self.statuses),
+            "outcome": list(self.outcomes),
             "service": self.service,
             "handler": self.handler,
             "key": self.key,

@@ -8,7 +8,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
 from invocations.reads.filters import InvocationFilterForm, InvocationFilters
-from invocations.reads.presenters.invocation_list import BadPageLink, list_context
+from invocations.reads.presenters.invocation_list import BadPageLink, list_context, outcome_context
 from invocations.views.errors import bad_request
 
 
@@ -22,10 +22,11 @@ def invocation_list(request: HttpRequest) -> HttpResponse:
             for name, errors in form.errors.items()
         )
         return bad_request(request, "Bad filter", problems)
+    filters = InvocationFilters.from_form(form.cleaned_data)
+    if request.htmx and request.GET.get("partial") == "outcomes":
+        return render(request, "invocations/list.html#outcome_chips", outcome_context(filters=filters))
     try:
-        context = list_context(
-            filters=InvocationFilters.from_form(form.cleaned_data), after_raw=request.GET.get("after")
-        )
+        context = list_context(filters=filters, after_raw=request.GET.get("after"))
     except BadPageLink as exc:
         return bad_request(request, "Bad page link", str(exc))
     context["form"] = form
