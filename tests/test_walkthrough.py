@@ -9,7 +9,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from channels.testing import WebsocketCommunicator
@@ -96,6 +96,78 @@ def filter_state(body: str) -> str:
     match = re.search(r'<span id="filter-state"[^>]*>.*?</span>', body, re.S)
     assert match, "no #filter-state in the response"
     return match.group(0)
+
+
+# ------------------------------------------------- 1. filters, chips and sort compose
+
+
+@pytest.fixture
+def mixed(db: None) -> list[Invocation]:
+    rows = [
+        inv(1, status="running"),
+        inv(2, status="running", service_name="Counter", target="Counter/add", handler_name="add"),
+        inv(3),
+        inv(4, status="running"),
+    ]
+    return Invocation.objects.bulk_create(rows)
+
+
+def test_a_plain_submit_is_redirected_to_the_url_of_what_is_set(client: Client, mixed: list[Invocation]) -> None:
+    # Without JavaScript the browser sends every field of the form, empty or not.
+    page = client.get("/invocations/", {"status": "running", "sort": "created"}).content.decode()
+    fields = dict(inputs(filter_form(page)))
+    assert fields["q"] == "" and fields["status"] == "running" and fields["sort"] == "created"
+    submitted = [(k, "Greeter" if k == "service" else v) for k, v in inputs(filter_form(page))]
+    response = client.get("/invocations/?" + "&".join(f"{k}={v}" for k, v in submitted))
+    assert response.status_code == 302
+    assert parse_qs(urlsplit(response["Location"]).query) == {
+        "status": ["running"],
+        "sort": ["created"],
+        "service": ["Greeter"],
+    }
+    landed = client.get(response["Location"])
+    assert [r.id for r in landed.context["page"].rows] == [iid(1), iid(4)]
+
+
+def test_only_empty_fields_redirect_to_the_bare_list(client: Client, db: None) -> None:
+    response = client.get("/invocations/?q=&service=&roots=")
+    assert response.status_code == 302 and response["Location"] == "/invocations/"
+    assert client.get("/invocations/?service=Greeter").status_code == 200
+    # htmx requests are cleaned in the browser; the server does not bounce them.
+    assert client.get("/invocations/?q=", headers={"HX-Request": "true"}).status_code == 200
+
+
+def test_chips_and_sort_links_update_the_form_they_live_beside(client: Client, mixed: list[Invocation]) -> None:
+    page = client.get("/invocations/").content.decode()
+    form = filter_form(page)
+    # A chip clicked through htmx swaps only the results, plus the form's hidden state (out of band).
+    chip = client.get("/invocations/", {"status": "running"}, headers={"HX-Request": "true"}).content.decode()
+    assert 'id="filter-state" hx-swap-oob="true"' in chip
+    form = form.replace(filter_state(form), filter_state(chip))
+    sort = client.get(
+        "/invocations/", {"status": "running", "sort": "created"}, headers={"HX-Request": "true"}
+    ).content.decode()
+    form = form.replace(filter_state(form), filter_state(sort))
+    # What the form submits now keeps the chip's status and the link's sort.
+    sent = {k: v for k, v in inputs(form) if v}
+    assert sent == {"status": "running", "sort": "created"}
+    # The full page (a reload, no htmx) carries the same state inside the form, not out of band.
+    full = client.get("/invocations/", {"status": "running", "sort": "created"}).content.decode()
+    assert "hx-swap-oob" not in filter_state(full) and {k: v for k, v in inputs(filter_form(full)) if v} == sent
+
+
+def test_filters_chips_and_sort_compose_in_the_links(client: Client, mixed: list[Invocation]) -> None:
+    response = client.get("/invocations/", {"service": "Greeter", "outcome": "succeeded", "sort": "created"})
+    context = response.context
+    running = next(c for c in context["chips"] if c["status"] == "running")
+    assert parse_qs(running["query"]) == {
+        "service": ["Greeter"],
+        "outcome": ["succeeded"],
+        "status": ["running"],
+        "sort": ["created"],
+    }
+    for _key, _label, query in context["sorts"]:
+        assert "service=Greeter" in query and "outcome=succeeded" in query
 
 
 # ------------------------------------------------- 2. retries, in English

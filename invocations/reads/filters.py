@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.db.models import Q
+from django.http import QueryDict
 
 from invocations.mirror.models import EdgeKind, Invocation, InvocationEdge
 from invocations.mirror.status import (
@@ -220,3 +221,11 @@ class InvocationFilters:
     @property
     def active(self) -> bool:
         return bool(self.params(sort=None))
+
+
+def without_empty(query: QueryDict) -> str | None:
+    """The query string without its empty parameters, or None when it has none: a plain
+    form submit sends every field, and the URL should carry only what is set."""
+    pairs = [(key, value) for key, values in query.lists() for value in values]
+    kept = [(key, value) for key, value in pairs if value != ""]
+    return None if len(kept) == len(pairs) else urlencode(kept)

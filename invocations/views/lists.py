@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
-from invocations.reads.filters import InvocationFilterForm, InvocationFilters
+from invocations.reads.filters import InvocationFilterForm, InvocationFilters, without_empty
 from invocations.reads.presenters.invocation_list import BadPageLink, list_context, outcome_context
 from invocations.views.errors import bad_request
 
@@ -15,6 +15,10 @@ from invocations.views.errors import bad_request
 @require_safe
 @login_required
 def invocation_list(request: HttpRequest) -> HttpResponse:
+    # Without JavaScript the filter form sends every field, set or not; the
+    # browser's hook drops them before htmx sends, this catches the rest.
+    if not request.htmx and (clean := without_empty(request.GET)) is not None:
+        return HttpResponseRedirect(f"{request.path}?{clean}" if clean else request.path)
     form = InvocationFilterForm(request.GET)
     if not form.is_valid():
         problems = "; ".join(
