@@ -9,7 +9,7 @@ from typing import Any
 from django import template
 from django.utils.html import format_html
 
-from invocations.reads.presenters import formatting, invocation
+from invocations.reads.presenters import errors, formatting, invocation
 
 register = template.Library()
 
@@ -46,3 +46,9 @@ def retries(retry_count: int | None) -> str:
 def attempts(inv: Any) -> str:
     """An invocation's (or tree node's) attempts, from its retry_count and status."""
     return invocation.attempts_label(inv.retry_count, inv.status)
+
+
+@register.filter
+def error_for(text: str, user: Any) -> str:
+    """`{{ message|error_for:user }}`: addresses stay for staff only (no user: hidden)."""
+    return errors.error_for(text or "", staff=bool(getattr(user, "is_staff", False)))
