@@ -256,6 +256,7 @@ def test_every_page_carries_a_csp_and_no_inline_script(user: User) -> None:
         ("delete", "/invocations/inv_1secAAAAAAAAAAAAAAAAAAAAAAAAAAA/children/"),
         ("post", "/services/"),
         ("post", "/"),
+        ("post", "/favicon.ico"),
         ("get", "/logout/"),
     ],
 )

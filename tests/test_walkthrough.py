@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
+from django.db import connection
 from django.test import Client
 
 from invocations.mirror.status import CANCELLED_FAILURE, KILLED_FAILURE, Outcome
@@ -343,3 +347,168 @@ def test_an_unknown_websocket_path_closes_cleanly() -> None:
 
     assert asyncio.run(connect("/ws/nothing-here/")) == (False, 4404)
     assert asyncio.run(connect("/not-even-ws/")) == (False, 4404)
+
+
+# ------------------------------------------------- 6. smaller things
+
+
+def test_tree_children_page_loads_dashboard_js_once(client: Client, db: None) -> None:
+    Invocation.objects.bulk_create([inv(1)])
+    body = client.get(f"/invocations/{iid(1)}/children/").content.decode()
+    assert body.count("dashboard.js") == 1
+
+
+def test_favicon(client: Client) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"].endswith("/favicon.svg")
+    icon = client.get(response["Location"])
+    assert icon.status_code == 200 and icon["Content-Type"].startswith("image/svg+xml")
+    assert '<link rel="icon" href="/static/favicon.svg"' in client.get("/invocations/").content.decode()
+
+
+def test_the_login_page_shows_no_navigation(db: None) -> None:
+    body = Client().get("/login/").content.decode()
+    assert "Service map" not in body and 'id="live"' not in body and "Log out" not in body
+    assert 'id="sync-state"' not in body
+
+
+def _luminance(hex_colour: str) -> float:
+    channels = [int(hex_colour.lstrip("#")[i : i + 2], 16) / 255 for i in (0, 2, 4)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(fg: str, bg: str) -> float:
+    high, low = sorted((_luminance(fg), _luminance(bg)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_text_colours_meet_wcag_aa(repo_root: Path) -> None:
+    css = (repo_root / "static" / "dashboard.css").read_text()
+    colours: dict[str, str] = {}
+    for block in re.findall(r":root\s*\{([^}]*)\}", css):  # later blocks override earlier ones
+        colours.update(re.findall(r"--([\w-]+):\s*(#[0-9a-fA-F]{6})", block))
+    # Each text colour on every background it is drawn on as text.
+    pairs = [
+        ("warn", "#ffffff"),
+        ("warn", "#f7f8fa"),  # the page
+        ("warn", "#fdf0dc"),  # backing-off / paused badge
+        ("ok", "#ffffff"),
+        ("ok", "#e3f4ea"),  # completed badge, "live" pill
+        ("muted", "#ffffff"),
+        ("muted", "#f7f8fa"),
+        ("muted", "#e2e5eb"),  # "not live" pill
+        ("bad", "#ffffff"),
+        ("bad", "#fde8e8"),
+        ("run", "#e4eefa"),
+    ]
+    low = {f"--{name} on {bg}": round(contrast(colours[name], bg), 2) for name, bg in pairs}
+    assert all(ratio >= 4.5 for ratio in low.values()), low
+
+
+def test_tree_anchors_do_not_depend_on_hover(repo_root: Path) -> None:
+    css = (repo_root / "static" / "dashboard.css").read_text()
+    rules = [r for r in re.findall(r"([^{}]*\.anchor[^{}]*)\{([^}]*)\}", css) if "visibility" in r[1]]
+    selectors, declarations = rules[-1]  # the one that wins
+    assert ".wf-label .anchor" in selectors and ":hover" not in selectors.split(",")[0]
+    assert "visibility: visible" in declarations
+
+
+# ------------------------------------------------- in Chromium
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+PASSWORD = "walkthrough-password"
+
+
+@pytest.fixture
+def browser_page(transactional_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Daphne on the test database (one process: in-memory channel layer), Chromium logged in
+    through the login form. Console errors (CSP refusals among them) are collected. Request
+    data fixtures before this one: ORM calls made while Playwright's loop runs get a
+    connection of their own that outlives the test database."""
+    from playwright.sync_api import sync_playwright
+
+    from demo.stack import free_port, start_web
+
+    User.objects.create_user("walker", password=PASSWORD)
+    db = connection.settings_dict
+    port = free_port()
+    server = start_web(
+        port, tmp_path / "daphne.log", {"DATABASE_URL": f"postgresql://{db['USER']}:@/{db['NAME']}?host={db['HOST']}"}
+    )
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(15_000)
+            page.console_errors = []  # type: ignore[attr-defined]
+            page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))  # type: ignore[attr-defined]
+            base = f"http://127.0.0.1:{port}"
+            page.goto(f"{base}/invocations/")
+            page.fill("#id_username", "walker")
+            page.fill("#id_password", PASSWORD)
+            page.click("section.login button[type=submit]")
+            page.wait_for_url(f"{base}/invocations/")
+            page.base = base  # type: ignore[attr-defined]
+            yield page
+            browser.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.browser
+def test_in_chromium_chips_sort_and_form_compose_into_a_clean_url(mixed: list[Invocation], browser_page: Any) -> None:
+    page = browser_page
+    page.goto(f"{page.base}/invocations/")
+    page.wait_for_selector("#live[data-state=live]")  # the socket connects under the CSP
+    page.click("nav.chips a.chip.status-running")
+    page.wait_for_url("**status=running**")
+    page.click("nav.sorts a:text('Oldest')")
+    page.wait_for_url("**sort=created**")
+    page.fill("input[name=service]", "Greeter")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**service=Greeter**")
+    assert parse_qs(urlsplit(page.url).query, keep_blank_values=True) == {
+        "status": ["running"],
+        "sort": ["created"],
+        "service": ["Greeter"],
+    }
+    page.wait_for_selector(f"#row-{iid(4)}")
+    shown = page.eval_on_selector_all("#invocation-rows tr", "rows => rows.map(r => r.id)")
+    assert shown == [f"row-{iid(1)}", f"row-{iid(4)}"]
+    # The outcome chips' counts arrive after the rows, under the same filters.
+    assert page.inner_text("#outcome-chips .outcome-succeeded b") == "0"
+    page.click("#outcome-chips .outcome-succeeded")
+    page.wait_for_url("**outcome=succeeded**")
+    page.wait_for_selector("#outcome-chips .outcome-succeeded.active")
+    assert parse_qs(urlsplit(page.url).query)["service"] == ["Greeter"]
+    assert page.console_errors == []
+
+
+@pytest.fixture
+def small_tree(db: None) -> list[Invocation]:
+    root = inv(1, status="running", retry_count=1)
+    child = inv(2, status="backing-off", retry_count=2, parent_id=root.id, root_id=root.id, invoked_by="service")
+    return Invocation.objects.bulk_create([root, child])
+
+
+@pytest.mark.browser
+def test_in_chromium_pages_run_under_the_csp(small_tree: list[Invocation], browser_page: Any) -> None:
+    page = browser_page
+    root, child = small_tree
+    for path in ("/invocations/", f"/invocations/{root.id}/", "/services/", f"/invocations/{root.id}/children/"):
+        page.goto(page.base + path)
+        page.wait_for_load_state("load")
+    page.goto(f"{page.base}/invocations/{root.id}/")
+    page.wait_for_selector("#live[data-state=live]")
+    # The tree's "#" links are there without hovering.
+    anchor = page.locator(f"#node-{child.id} .anchor")
+    assert anchor.evaluate("a => getComputedStyle(a).visibility") == "visible"
+    assert page.console_errors == [], page.console_errors
+    # Logging out is a POST from the header, and lands on the login page.
+    page.click("form.logout button")
+    page.wait_for_url("**/login/**")
+    assert page.locator("header nav").count() == 0
