@@ -13,10 +13,15 @@ LOCKED_OUT_STATUS = 429  # Too Many Requests: what it is, and what django-axes a
 
 
 def lockout_response(
-    request: HttpRequest, original_response: HttpResponse | None = None, credentials: dict[str, Any] | None = None
+    request: HttpRequest,
+    original_response: HttpResponse | dict[str, Any] | None = None,
+    credentials: dict[str, Any] | None = None,
 ) -> HttpResponse:
     """AXES_LOCKOUT_CALLABLE: the login form again (so the page looks like itself), with
     the lockout explained instead of "did not match", which would invite more tries."""
+    if credentials is None and isinstance(original_response, dict):
+        # django-axes 8.3.1's async middleware passes the credentials second (Daphne takes that path).
+        credentials = original_response
     username = (credentials or {}).get("username") or request.POST.get("username", "")
     cool_off = get_cool_off(request)
     context = {

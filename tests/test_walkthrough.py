@@ -512,3 +512,10 @@ def test_in_chromium_pages_run_under_the_csp(small_tree: list[Invocation], brows
     page.click("form.logout button")
     page.wait_for_url("**/login/**")
     assert page.locator("header nav").count() == 0
+    # Throttled logins say so on the login page (Daphne runs django-axes' async path).
+    for _ in range(5):
+        page.fill("#id_username", "walker")
+        page.fill("#id_password", "not-the-password")
+        page.click("section.login button[type=submit]")
+        page.wait_for_load_state("load")
+    assert "Too many failed logins" in page.inner_text("section.login")
