@@ -318,18 +318,23 @@ def test_what_was_a_500_is_a_400_with_a_message(client: Client, db: None, params
 def test_an_id_with_a_slash_in_restates_data_is_linked_not_a_500(client: Client, db: None) -> None:
     odd = "inv_1odd/AAAAAAAAAAAAAAAAAAAAAAAAAA"
     Invocation.objects.bulk_create(
-        [inv(1, parent_id=odd, root_id=None, invoked_by="service", restarted_from="inv/x"), inv(2, id=odd)]
+        [inv(1, parent_id=odd, root_id=None, invoked_by="service", restarted_from="inv/x?y"), inv(2, id=odd)]
     )
+    # One path segment, percent-encoded (and that encoded again by reverse()).
+    href = "/invocations/inv_1odd%252FAAAAAAAAAAAAAAAAAAAAAAAAAA/"
     detail = client.get(f"/invocations/{iid(1)}/")
     assert detail.status_code == 200
-    assert f'href="/invocations/{odd}/"' in detail.content.decode()
+    body = detail.content.decode()
+    assert f'href="{href}"' in body and 'href="/invocations/inv%252Fx%253Fy/"' in body
     listing = client.get("/invocations/")
-    assert listing.status_code == 200 and f'href="/invocations/{odd}/"' in listing.content.decode()
-    # Following such a link says what is wrong with the id.
-    for url in (f"/invocations/{odd}/", f"/invocations/{odd}/children/"):
+    assert listing.status_code == 200 and f'href="{href}"' in listing.content.decode()
+    # Following such a link names the id and says what is wrong with it.
+    for url in (href, f"{href}children/"):
         response = client.get(url)
-        assert response.status_code == 400 and "not a Restate invocation id" in response.content.decode()
-    # The ordinary routes still resolve as before.
+        assert response.status_code == 400
+        assert "inv_1odd/AAAAAAAAAAAAAAAAAAAAAAAAAA" in response.content.decode()
+        assert "not a Restate invocation id" in response.content.decode()
+    # Ordinary ids are untouched.
     assert client.get(f"/invocations/{iid(1)}/children/").status_code == 200
 
 
