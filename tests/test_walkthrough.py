@@ -428,7 +428,7 @@ PASSWORD = "walkthrough-password"
 @pytest.fixture
 def browser_page(transactional_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Daphne on the test database (one process: in-memory channel layer), Chromium logged in
-    through the login form. Console errors (CSP refusals among them) are collected. Request
+    through the login form. CSP refusals and script errors are collected. Request
     data fixtures before this one: ORM calls made while Playwright's loop runs get a
     connection of their own that outlives the test database."""
     from playwright.sync_api import sync_playwright
@@ -449,8 +449,16 @@ def browser_page(transactional_db: None, tmp_path: Path, monkeypatch: pytest.Mon
             )
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(15_000)
-            page.console_errors = []  # type: ignore[attr-defined]
-            page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))  # type: ignore[attr-defined]
+            # CSP refusals and uncaught script errors; not a socket cut short by leaving a page.
+            errors: list[str] = []
+
+            def on_console(message: Any) -> None:
+                if message.type == "error" and "Content Security Policy" in message.text:
+                    errors.append(message.text)
+
+            page.on("console", on_console)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.console_errors = errors  # type: ignore[attr-defined]
             base = f"http://127.0.0.1:{port}"
             page.goto(f"{base}/invocations/")
             page.fill("#id_username", "walker")
@@ -521,6 +529,6 @@ def test_in_chromium_pages_run_under_the_csp(small_tree: list[Invocation], brows
     for _ in range(5):
         page.fill("#id_username", "walker")
         page.fill("#id_password", "not-the-password")
-        page.click("section.login button[type=submit]")
-        page.wait_for_load_state("load")
+        with page.expect_navigation():
+            page.click("section.login button[type=submit]")
     assert "Too many failed logins" in page.inner_text("section.login")
