@@ -91,7 +91,8 @@ class InvocationFilterForm(forms.Form):
         return value
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         for start, end in (("created_after", "created_before"), ("modified_after", "modified_before")):
             if data.get(start) and data.get(end) and data[start] >= data[end]:
                 raise forms.ValidationError(f"{start} must be earlier than {end}")

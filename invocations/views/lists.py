@@ -6,15 +6,22 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
+from django_htmx.middleware import HtmxDetails
 
 from invocations.reads.filters import InvocationFilterForm, InvocationFilters, without_empty
 from invocations.reads.presenters.invocation_list import BadPageLink, list_context, outcome_context
 from invocations.views.errors import bad_request
 
 
+class HtmxHttpRequest(HttpRequest):
+    """What HtmxMiddleware adds, for the type checker (django-htmx's documented pattern)."""
+
+    htmx: HtmxDetails
+
+
 @require_safe
 @login_required
-def invocation_list(request: HttpRequest) -> HttpResponse:
+def invocation_list(request: HtmxHttpRequest) -> HttpResponse:
     # Without JavaScript the filter form sends every field, set or not; the
     # browser's hook drops them before htmx sends, this catches the rest.
     if not request.htmx and (clean := without_empty(request.GET)) is not None:
@@ -22,7 +29,7 @@ def invocation_list(request: HttpRequest) -> HttpResponse:
     form = InvocationFilterForm(request.GET)
     if not form.is_valid():
         problems = "; ".join(
-            f"{name}: {' '.join(errors)}" if name != "__all__" else " ".join(errors)
+            f"{name}: {' '.join(map(str, errors))}" if name != "__all__" else " ".join(map(str, errors))
             for name, errors in form.errors.items()
         )
         return bad_request(request, "Bad filter", problems)
