@@ -4,9 +4,11 @@ naming the variable, rather than surfacing later as a confusing runtime error.""
 import os
 import secrets
 import sys
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -57,6 +59,19 @@ def env_http_url(name: str, default: str) -> str:
     return raw.rstrip("/")
 
 
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_origins(name: str) -> list[str]:
+    origins = env_list(name)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path not in {"", "/"}:
+            raise ImproperlyConfigured(f"{name}: {origin!r} is not an origin such as https://dashboard.example.com")
+    return [o.rstrip("/") for o in origins]
+
+
 def database_from_url(url: str) -> dict:
     parts = urlsplit(url)
     if parts.scheme not in {"postgres", "postgresql"}:
@@ -99,9 +114,33 @@ def secret_key() -> str:
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = secret_key()
-ALLOWED_HOSTS = [
-    h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()
-]
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+# Origins (scheme://host[:port]) that may POST and open websockets besides the one the
+# request names in Host: the public address when a proxy rewrites Host.
+CSRF_TRUSTED_ORIGINS = env_origins("CSRF_TRUSTED_ORIGINS")
+
+# Behind HTTPS (HTTPS=true): secure cookies, redirect http to https, HSTS. Each can be
+# set on its own too. `manage.py check --deploy` is clean with HTTPS=true,
+# SECURE_HSTS_INCLUDE_SUBDOMAINS=true and SECURE_HSTS_PRELOAD=true (tests/test_security.py).
+HTTPS = env_bool("HTTPS", False)
+# The header a TLS-terminating proxy sets, e.g. X-Forwarded-Proto; only trust it when
+# that proxy overwrites it (else a client could claim https). Default with HTTPS=true.
+_proxy_ssl_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto" if HTTPS else "").strip()
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", HTTPS)
+# A year once on HTTPS; start lower (e.g. 3600) while trying a new deployment out.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if HTTPS else 0, minimum=0)
+# Off by default: they bind every subdomain of the host, and preloading is hard to undo.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+
+# An operations tool: a working day's session, then log in again.
+SESSION_COOKIE_AGE = int(env_float("SESSION_HOURS", 12.0, minimum=0.1) * 3600)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = env_bool("SESSION_EXPIRE_AT_BROWSER_CLOSE", False)
 
 if database_url := os.environ.get("DATABASE_URL"):
     DATABASES = {"default": database_from_url(database_url)}
@@ -152,12 +191,15 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "channels",
+    "axes",
+    "csp",
     "invocations",
     "demo",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     # Daphne serves no static files; WhiteNoise does, with caching headers, without a proxy.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -168,6 +210,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "dashboard.middleware.DatabaseUnavailableMiddleware",
+    # Last, as django-axes asks: it turns a lockout into the login page saying so.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -202,6 +246,43 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/invocations/"
+LOGOUT_REDIRECT_URL = "login"
+
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT failures for one username
+# from one address, that pair is locked out for LOGIN_LOCKOUT_MINUTES. The pair, not the
+# address alone: behind a proxy every user shares one address (run Daphne with
+# --proxy-headers so REMOTE_ADDR is the client's).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_LOCKOUT_MINUTES", 15.0, minimum=1.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "dashboard.auth.lockout_response"
+# Its startup banner would print on every manage.py command.
+AXES_VERBOSE = False
+
+# No inline scripts or <style> elements, nothing from other origins. Inline style
+# *attributes* stay allowed: the waterfall positions its bars with them. Browsers
+# that know style-src-attr/-elem use those; older ones fall back to style-src.
+# 'self' in connect-src covers ws:/wss: to this host (CSP Level 3; checked in Chromium).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "style-src-elem": [SELF],
+        "style-src-attr": [UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

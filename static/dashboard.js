@@ -103,3 +103,19 @@
   setInterval(function () { refresh(document, true); }, 15000);
   window.dashboardTimes = { refresh: refresh, duration: duration };
 })();
+
+// Forms marked data-drop-empty (the list's filters) send only the fields that are
+// set, so the URL pushed to the history is the short, shareable one. Without
+// JavaScript the server redirects to the same clean URL.
+(function () {
+  "use strict";
+  document.addEventListener("htmx:configRequest", function (ev) {
+    var elt = ev.detail.elt;
+    if (!elt || !elt.matches || !elt.matches("form[data-drop-empty]")) return;
+    var data = ev.detail.formData;  // htmx 2: the FormData the request is built from
+    var kept = [];
+    data.forEach(function (value, key) { if (value !== "") kept.push([key, value]); });
+    Array.from(new Set(Array.from(data.keys()))).forEach(function (key) { data.delete(key); });
+    kept.forEach(function (pair) { data.append(pair[0], pair[1]); });
+  });
+})();

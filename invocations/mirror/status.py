@@ -30,3 +30,20 @@ ACTIVE_STATUSES = (
 QUIET_STATUSES = (InvocationStatus.COMPLETED, InvocationStatus.SCHEDULED, InvocationStatus.PENDING)
 # Not started yet: Restate reports journal_size 0 although it holds their Input.
 NOT_STARTED = (InvocationStatus.SCHEDULED, InvocationStatus.PENDING)
+
+
+class Outcome(models.TextChoices):
+    """How a completed invocation ended. Restate stores only success/failure, with the
+    cancel and kill told apart by the failure text alone (verified on 1.7.12)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # a failure that is neither a cancel nor a kill
+    CANCELLED = "cancelled"  # compensations ran (the demo's saga ends this way)
+    KILLED = "killed"  # stopped at once, no compensations
+
+
+COMPLETION_SUCCESS = "success"
+COMPLETION_FAILURE = "failure"
+# Restate's completion_failure for an invocation it cancelled or killed, children included.
+CANCELLED_FAILURE = "[409] cancelled"
+KILLED_FAILURE = "[409] killed"

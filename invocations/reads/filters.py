@@ -4,15 +4,23 @@ link), validated with clear messages, and turned into a queryset filter."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
 from django.db.models import Q
+from django.http import QueryDict
 
 from invocations.mirror.models import EdgeKind, Invocation, InvocationEdge
-from invocations.mirror.status import InvocationStatus
+from invocations.mirror.status import (
+    CANCELLED_FAILURE,
+    COMPLETION_FAILURE,
+    COMPLETION_SUCCESS,
+    KILLED_FAILURE,
+    InvocationStatus,
+    Outcome,
+)
 from invocations.reads.presenters.formatting import iso_utc
 from invocations.restate import INVOCATION_ID_RE
 
@@ -27,9 +35,31 @@ SORTS = {
 }
 DEFAULT_SORT = "-created"
 
+# What "outcome=" means in our copy; a cancel or kill is a failure whose text says so.
+OUTCOME_Q: dict[str, Q] = {
+    Outcome.SUCCEEDED: Q(completion_result=COMPLETION_SUCCESS),
+    Outcome.FAILED: Q(completion_result=COMPLETION_FAILURE)
+    & ~Q(completion_failure__in=[CANCELLED_FAILURE, KILLED_FAILURE]),
+    Outcome.CANCELLED: Q(completion_result=COMPLETION_FAILURE, completion_failure=CANCELLED_FAILURE),
+    Outcome.KILLED: Q(completion_result=COMPLETION_FAILURE, completion_failure=KILLED_FAILURE),
+}
+
+# Times outside this range are typos or probes; far enough out they overflow when shown in UTC.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+class BoundedDateTimeField(forms.DateTimeField):
+    def validate(self, value: datetime | None) -> None:
+        super().validate(value)
+        # Aware datetimes compare without converting, so this cannot overflow itself.
+        if value is not None and not EARLIEST <= value < LATEST:
+            raise forms.ValidationError("must be a time between the years 1970 and 9000")
+
 
 class InvocationFilterForm(forms.Form):
     status = forms.MultipleChoiceField(choices=InvocationStatus.choices, required=False)
+    outcome = forms.MultipleChoiceField(choices=Outcome.choices, required=False)
     service = forms.CharField(required=False, max_length=255)
     handler = forms.CharField(required=False, max_length=255)
     key = forms.CharField(required=False, max_length=1000, label="Object/workflow key")
@@ -37,10 +67,10 @@ class InvocationFilterForm(forms.Form):
     parent = forms.CharField(required=False, max_length=100, label="Parent invocation")
     roots = forms.BooleanField(required=False, label="Roots only")
     deployment = forms.CharField(required=False, max_length=100)
-    created_after = forms.DateTimeField(required=False)
-    created_before = forms.DateTimeField(required=False)
-    modified_after = forms.DateTimeField(required=False)
-    modified_before = forms.DateTimeField(required=False)
+    created_after = BoundedDateTimeField(required=False)
+    created_before = BoundedDateTimeField(required=False)
+    modified_after = BoundedDateTimeField(required=False)
+    modified_before = BoundedDateTimeField(required=False)
     q = forms.CharField(required=False, max_length=100, label="Invocation id or prefix")
     # Callees of one caller handler through one edge kind (links from the service map).
     caller_service = forms.CharField(required=False, max_length=255)
@@ -61,7 +91,8 @@ class InvocationFilterForm(forms.Form):
         return value
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         for start, end in (("created_after", "created_before"), ("modified_after", "modified_before")):
             if data.get(start) and data.get(end) and data[start] >= data[end]:
                 raise forms.ValidationError(f"{start} must be earlier than {end}")
@@ -71,6 +102,7 @@ class InvocationFilterForm(forms.Form):
 @dataclass(frozen=True)
 class InvocationFilters:
     statuses: tuple[str, ...] = ()
+    outcomes: tuple[str, ...] = ()
     service: str = ""
     handler: str = ""
     key: str = ""
@@ -93,6 +125,7 @@ class InvocationFilters:
     def from_form(cls, data: dict[str, Any]) -> InvocationFilters:
         return cls(
             statuses=tuple(data.get("status") or ()),
+            outcomes=tuple(data.get("outcome") or ()),
             service=data.get("service") or "",
             handler=data.get("handler") or "",
             key=data.get("key") or "",
@@ -111,11 +144,16 @@ class InvocationFilters:
             sort=data.get("sort") or DEFAULT_SORT,
         )
 
-    def q(self, *, include_status: bool = True) -> Q:
-        """The WHERE clause; `include_status=False` for the per-status counts."""
+    def q(self, *, include_status: bool = True, include_outcome: bool = True) -> Q:
+        """The WHERE clause; `include_status=False` / `include_outcome=False` for the chips' counts."""
         q = Q()
         if include_status and self.statuses:
             q &= Q(status__in=self.statuses)
+        if include_outcome and self.outcomes:
+            either = Q()
+            for outcome in self.outcomes:
+                either |= OUTCOME_Q[outcome]
+            q &= either
         if self.service:
             q &= Q(service_name=self.service)
         if self.handler:
@@ -157,6 +195,7 @@ class InvocationFilters:
         """URL parameters for these filters, with `changes` applied (None drops a key)."""
         values: dict[str, Any] = {
             "status": list(self.statuses),
+            "outcome": list(self.outcomes),
             "service": self.service,
             "handler": self.handler,
             "key": self.key,
@@ -183,3 +222,11 @@ class InvocationFilters:
     @property
     def active(self) -> bool:
         return bool(self.params(sort=None))
+
+
+def without_empty(query: QueryDict) -> str | None:
+    """The query string without its empty parameters, or None when it has none: a plain
+    form submit sends every field, and the URL should carry only what is set."""
+    pairs = [(key, value) for key, values in query.lists() for value in values]
+    kept = [(key, value) for key, value in pairs if value != ""]
+    return None if len(kept) == len(pairs) else urlencode(kept)

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django import template
 from django.utils.html import format_html
 
-from invocations.reads.presenters import formatting
+from invocations.reads.presenters import errors, formatting, invocation
 
 register = template.Library()
 
@@ -33,3 +34,21 @@ def timestamp(value: datetime | None) -> str:
     return format_html(
         '<time datetime="{}" title="{} UTC">{}</time>', iso, iso.replace("T", " ")[:-1], formatting.ago(value)
     )
+
+
+@register.filter
+def retries(retry_count: int | None) -> str:
+    """Empty unless the invocation really retried; the rule is presenters.invocation.retries_label."""
+    return invocation.retries_label(retry_count)
+
+
+@register.filter
+def attempts(inv: Any) -> str:
+    """An invocation's (or tree node's) attempts, from its retry_count and status."""
+    return invocation.attempts_label(inv.retry_count, inv.status)
+
+
+@register.filter
+def error_for(text: str, user: Any) -> str:
+    """`{{ message|error_for:user }}`: addresses stay for staff only (no user: hidden)."""
+    return errors.error_for(text or "", staff=bool(getattr(user, "is_staff", False)))

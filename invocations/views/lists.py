@@ -3,29 +3,41 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
+from django_htmx.middleware import HtmxDetails
 
-from invocations.reads.filters import InvocationFilterForm, InvocationFilters
-from invocations.reads.presenters.invocation_list import BadPageLink, list_context
+from invocations.reads.filters import InvocationFilterForm, InvocationFilters, without_empty
+from invocations.reads.presenters.invocation_list import BadPageLink, list_context, outcome_context
 from invocations.views.errors import bad_request
+
+
+class HtmxHttpRequest(HttpRequest):
+    """What HtmxMiddleware adds, for the type checker (django-htmx's documented pattern)."""
+
+    htmx: HtmxDetails
 
 
 @require_safe
 @login_required
-def invocation_list(request: HttpRequest) -> HttpResponse:
+def invocation_list(request: HtmxHttpRequest) -> HttpResponse:
+    # Without JavaScript the filter form sends every field, set or not; the
+    # browser's hook drops them before htmx sends, this catches the rest.
+    if not request.htmx and (clean := without_empty(request.GET)) is not None:
+        return HttpResponseRedirect(f"{request.path}?{clean}" if clean else request.path)
     form = InvocationFilterForm(request.GET)
     if not form.is_valid():
         problems = "; ".join(
-            f"{name}: {' '.join(errors)}" if name != "__all__" else " ".join(errors)
+            f"{name}: {' '.join(map(str, errors))}" if name != "__all__" else " ".join(map(str, errors))
             for name, errors in form.errors.items()
         )
         return bad_request(request, "Bad filter", problems)
+    filters = InvocationFilters.from_form(form.cleaned_data)
+    if request.htmx and request.GET.get("partial") == "outcomes":
+        return render(request, "invocations/list.html#outcome_chips", outcome_context(filters=filters))
     try:
-        context = list_context(
-            filters=InvocationFilters.from_form(form.cleaned_data), after_raw=request.GET.get("after")
-        )
+        context = list_context(filters=filters, after_raw=request.GET.get("after"))
     except BadPageLink as exc:
         return bad_request(request, "Bad page link", str(exc))
     context["form"] = form

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from invocations.mirror.models import Invocation
+from invocations.mirror.status import InvocationStatus
 
 # Crockford base32 ULID: what Restate's ingress generates for sends without a key.
 ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
@@ -21,3 +22,30 @@ def idempotency_origin(inv: Invocation) -> str | None:
 
 
 SERVICE_TYPE_LABELS = {"service": "Service", "virtual_object": "Virtual Object", "workflow": "Workflow"}
+
+
+def retries(retry_count: int | None) -> int:
+    """Restate's `retry_count` counts attempts: 1 on the first attempt, null once it is
+    completed or before it starts. Retries are the attempts after the first."""
+    return max((retry_count or 0) - 1, 0)
+
+
+def retries_label(retry_count: int | None) -> str:
+    """The row label: "1 retry", "2 retries"; empty for an invocation that did not retry."""
+    n = retries(retry_count)
+    if n == 0:
+        return ""
+    return "1 retry" if n == 1 else f"{n:,} retries"
+
+
+def attempts_label(retry_count: int | None, status: str) -> str:
+    """The detail page's "Attempts" fact: "1", "3 (2 retries)"."""
+    attempts = retry_count or 0
+    if attempts == 0:
+        if status == InvocationStatus.COMPLETED:
+            # Restate clears retry_count when an invocation completes.
+            return "not reported once completed"
+        return "not started yet"
+    if attempts == 1:
+        return "1"
+    return f"{attempts:,} ({retries_label(retry_count)})"

@@ -1,13 +1,13 @@
 """The invocation list page as the template needs it: one page of rows, the
-status chips (counts under the other filters, each toggling its status), the
-sort links, the next-page link and the live subscription's query."""
+status and outcome chips (counts under the other filters, each toggling its
+value), the sort links, the next-page link and the live subscription's query."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from invocations.mirror.status import InvocationStatus
+from invocations.mirror.status import InvocationStatus, Outcome
 from invocations.reads.filters import SORTS, InvocationFilters
 from invocations.reads.selectors import invocations as selectors
 
@@ -45,6 +45,9 @@ def list_context(*, filters: InvocationFilters, after_raw: str | None) -> dict[s
         "filters": filters,
         "page": page,
         "chips": chips,
+        # Counted by a second request (outcome_context): see there why.
+        "outcome_chips": outcome_chips(filters, counts=None),
+        "outcome_query": filters.query_string(partial="outcomes"),
         "total": sum(counts.values()),
         "count_cap": f"{selectors.STATUS_COUNT_CAP:,}",
         "total_capped": any(n > selectors.STATUS_COUNT_CAP for n in counts.values()),
@@ -52,4 +55,30 @@ def list_context(*, filters: InvocationFilters, after_raw: str | None) -> dict[s
         "next_query": filters.query_string(after=page.next_cursor.encode()) if page.next_cursor else "",
         # The socket counts what arrived after the newest row this page rendered.
         "live_query": filters.query_string(since=_newest(page)),
+    }
+
+
+def outcome_chips(filters: InvocationFilters, *, counts: dict[str, int] | None) -> list[dict[str, Any]]:
+    """One chip per outcome, toggling it in the current selection; count None: not counted yet."""
+    return [
+        {
+            "outcome": outcome,
+            "count": None if counts is None else counts.get(outcome, 0),
+            "capped": counts is not None and counts.get(outcome, 0) > selectors.STATUS_COUNT_CAP,
+            "active": outcome in filters.outcomes,
+            "query": filters.query_string(outcome=sorted(set(filters.outcomes) ^ {outcome})),
+        }
+        for outcome in Outcome.values
+    ]
+
+
+def outcome_context(*, filters: InvocationFilters) -> dict[str, Any]:
+    """The outcome chips with their counts, which the page fetches after it has loaded.
+    No index covers the outcome yet, so a rare one (killed) is a sequential scan:
+    0.45 s at 1M invocations (0.8 s under a service filter), against 20 ms for the
+    whole first page; asked for separately, it never holds the page up."""
+    return {
+        "filters": filters,
+        "outcome_chips": outcome_chips(filters, counts=selectors.invocation_outcome_counts(filters=filters)),
+        "count_cap": f"{selectors.STATUS_COUNT_CAP:,}",
     }

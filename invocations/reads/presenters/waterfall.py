@@ -12,6 +12,7 @@ from django.utils.safestring import SafeString, mark_safe
 from invocations.graph import trees
 from invocations.mirror.models import Invocation
 from invocations.reads.presenters.formatting import duration, iso_utc, utc_text
+from invocations.reads.presenters.invocation import retries_label
 from invocations.reads.selectors import detail as selectors_detail
 
 # Rows are built here rather than in a template loop: 2,000 rows through the
@@ -38,8 +39,8 @@ def _node_row_html(r: trees.Row, detail_url: str) -> str:
     href = f"#node-{nid}" if n.phantom else detail_url.replace("__ID__", nid)
     label = [f'<span class="kind kind-{escape(n.kind)}"></span>' if r.depth else ""]
     label.append(f'<a href="{href}">{escape(n.target)}</a> <span class="status">{escape(n.status)}</span>')
-    if n.retry_count:
-        label.append(f' <span class="retries">{n.retry_count} retries</span>')
+    if retried := retries_label(n.retry_count):
+        label.append(f' <span class="retries">{retried}</span>')
     if n.completion_result == "failure":
         label.append(f' <span class="failure">{escape(n.completion_failure or "failed")}</span>')
     label.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -9,11 +10,17 @@ from django.db.models import DurationField, ExpressionWrapper, F, Q, QuerySet
 
 from invocations.mirror.models import Invocation
 from invocations.mirror.status import InvocationStatus
-from invocations.reads.filters import SORTS, InvocationFilters
+from invocations.reads.filters import EARLIEST, LATEST, OUTCOME_Q, SORTS, InvocationFilters
 
 PAGE_SIZE = 50
 # The same expression as the inv_duration_idx index, so PostgreSQL can use it.
 DURATION = ExpressionWrapper(F("completed_at") - F("created_at"), output_field=DurationField())
+
+
+# Invocation.id's max_length; longer cannot be a row of ours.
+CURSOR_ID_MAX = 100
+# 100 years: more than any invocation runs, far below timedelta's limit.
+CURSOR_DURATION_MAX_S = 100 * 365 * 86400
 
 
 class BadCursor(ValueError):
@@ -40,17 +47,28 @@ class Cursor:
         value, sep, inv_id = raw.partition("~")
         if not sep or not inv_id:
             raise BadCursor(f"cursor {raw!r} is not of the form <position>~<invocation id>")
+        # Not INVOCATION_ID_RE: the cursor holds whatever id the last row had, and our copy
+        # keeps Restate's strings as they are. PostgreSQL only refuses NUL; the rest is
+        # too long or control characters, which no id we produced has.
+        if len(inv_id) > CURSOR_ID_MAX or any(ord(c) < 32 or ord(c) == 127 for c in inv_id):
+            raise BadCursor("cursor id has control characters or is too long to be an invocation id")
         if duration:
             try:
-                return cls(timedelta(seconds=float(value.rstrip("s"))), inv_id)
+                seconds = float(value.removesuffix("s"))
             except ValueError:
                 raise BadCursor(f"cursor duration {value!r} is not a number of seconds") from None
+            # inf, nan and 1e300 parse as floats but are no timedelta.
+            if not math.isfinite(seconds) or abs(seconds) > CURSOR_DURATION_MAX_S:
+                raise BadCursor(f"cursor duration {value!r} is out of range")
+            return cls(timedelta(seconds=seconds), inv_id)
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise BadCursor(f"cursor timestamp {value!r} is not an ISO-8601 time") from None
         if parsed.tzinfo is None:
             raise BadCursor("cursor timestamp has no time zone")
+        if not EARLIEST <= parsed < LATEST:
+            raise BadCursor(f"cursor timestamp {value!r} is out of range")
         return cls(parsed, inv_id)
 
 
@@ -104,6 +122,13 @@ def invocation_status_counts(*, filters: InvocationFilters) -> dict[str, int]:
     STATUS_COUNT_CAP + 1 so each is a bounded index range scan."""
     base = Invocation.objects.filter(filters.q(include_status=False))
     return {status: base.filter(status=status)[: STATUS_COUNT_CAP + 1].count() for status in InvocationStatus.values}
+
+
+def invocation_outcome_counts(*, filters: InvocationFilters) -> dict[str, int]:
+    """Counts per outcome under every filter but the outcome one, capped like the status chips.
+    No index covers completion_result: a rare outcome (killed) scans until the cap or the end."""
+    base = Invocation.objects.filter(filters.q(include_outcome=False))
+    return {outcome: base.filter(q)[: STATUS_COUNT_CAP + 1].count() for outcome, q in OUTCOME_Q.items()}
 
 
 def invocation_new_count(*, filters: InvocationFilters, since: datetime | None) -> int:
