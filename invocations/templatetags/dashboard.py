@@ -48,7 +48,9 @@ def attempts(inv: Any) -> str:
     return invocation.attempts_label(inv.retry_count, inv.status)
 
 
-@register.filter
-def error_for(text: str, user: Any) -> str:
-    """`{{ message|error_for:user }}`: addresses stay for staff only (no user: hidden)."""
+@register.simple_tag(takes_context=True)
+def error_for_reader(context: Any, text: str) -> str:
+    """`{% error_for_reader message as error %}`: addresses stay for staff only. A fragment
+    rendered for a websocket has no user in its context, so it gets the redacted text."""
+    user = context.get("user")
     return errors.error_for(text or "", staff=bool(getattr(user, "is_staff", False)))
