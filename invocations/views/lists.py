@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
-from django_htmx.middleware import HtmxDetails
 
 from invocations.reads.filters import InvocationFilterForm, InvocationFilters, without_empty
 from invocations.reads.presenters.invocation_list import BadPageLink, list_context, outcome_context
 from invocations.views.errors import bad_request
-
-
-class HtmxHttpRequest(HttpRequest):
-    """What HtmxMiddleware adds, for the type checker (django-htmx's documented pattern)."""
-
-    htmx: HtmxDetails
+from invocations.views.http import HtmxHttpRequest
 
 
 @require_safe

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_safe
 
 from invocations.reads.presenters.service_map import WINDOWS, UnknownWindow, service_map_context
 from invocations.views.errors import bad_request
+from invocations.views.http import HtmxHttpRequest
 
 
 @require_safe
 @login_required
-def service_map(request: HttpRequest) -> HttpResponse:
+def service_map(request: HtmxHttpRequest) -> HttpResponse:
     try:
         context = service_map_context(window_key=request.GET.get("window"), now=timezone.now())
     except UnknownWindow as exc:

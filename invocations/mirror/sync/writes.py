@@ -22,9 +22,8 @@ def _columns(model: type[models.Model]) -> list[models.Field]:
 
 def _pk_columns(model: type[models.Model]) -> list[str]:
     pk = model._meta.pk
-    if isinstance(pk, models.CompositePrimaryKey):
-        return [f.column for f in pk.fields]
-    return [pk.column]
+    fields = pk.fields if isinstance(pk, models.CompositePrimaryKey) else [pk]
+    return [f.column for f in fields if isinstance(f, models.Field) and f.column]
 
 
 class RawJson(str):
