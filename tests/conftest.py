@@ -68,6 +68,17 @@ def wait_for_restate(
 
 
 @pytest.fixture
+def client(db: None) -> Any:
+    """pytest-django's test client, signed in as an ordinary user (every page needs a login)."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    c = Client()
+    c.force_login(User.objects.create_user("op", password="pw-for-tests-only"))
+    return c
+
+
+@pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 

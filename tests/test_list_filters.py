@@ -2,42 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.test import Client
 
 from invocations.models import EdgeKind, Invocation, InvocationEdge
-
-T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-
-
-def inv(n: int, **fields: object) -> Invocation:
-    created = fields.pop("created_at", T0 + timedelta(seconds=n))
-    defaults: dict[str, object] = {
-        "id": f"inv_1f{n:06d}AAAAAAAAAAAAAAAAAAAAAAA",
-        "target": "Greeter/greet",
-        "service_name": "Greeter",
-        "handler_name": "greet",
-        "service_type": "service",
-        "status": "completed",
-        "invoked_by": "ingress",
-        "created_at": created,
-        "modified_at": created,
-        "first_seen_at": created,
-        "synced_at": created,
-    }
-    defaults.update(fields)
-    defaults.setdefault("root_id", defaults["id"])
-    return Invocation(**defaults)
+from tests.factories import T0, build_invocation, invocation_id
 
 
-@pytest.fixture
-def client(db: None) -> Client:
-    c = Client()
-    c.force_login(User.objects.create_user("op"))
-    return c
+def inv(n: int, **fields: Any) -> Invocation:
+    """Invocation number `n`, created n seconds after T0; completed without timestamps unless given."""
+    fields.setdefault("created_at", T0 + timedelta(seconds=n))
+    fields.setdefault("completion_result", None)
+    fields.setdefault("running_at", None)
+    fields.setdefault("retry_count", 0)
+    fields.setdefault("id", invocation_id("f", n))
+    return build_invocation(ran_ms=None, **fields)
 
 
 @pytest.fixture
@@ -91,7 +73,7 @@ def ids(client: Client, **params: object) -> list[str]:
 
 
 def short(*numbers: int) -> list[str]:
-    return [f"inv_1f{n:06d}AAAAAAAAAAAAAAAAAAAAAAA" for n in numbers]
+    return [invocation_id("f", n) for n in numbers]
 
 
 def test_each_filter(client: Client, rows: list[Invocation]) -> None:

@@ -2,47 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import User
 from django.test import Client
 
 from invocations.models import Invocation, SyncState
-
-T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+from tests.factories import T0, build_invocation, invocation_id
 
 
 def make_invocations(n: int, *, same_time: bool = False) -> list[Invocation]:
-    rows = []
-    for i in range(n):
-        created = T0 if same_time else T0 + timedelta(seconds=i)
-        rows.append(
-            Invocation(
-                id=f"inv_1test{i:06d}AAAAAAAAAAAAAAAAAAAA",
-                target="Greeter/greet",
-                service_name="Greeter",
-                handler_name="greet",
-                service_type="service",
-                status="completed" if i % 2 else "running",
-                invoked_by="ingress",
-                root_id=f"inv_1test{i:06d}AAAAAAAAAAAAAAAAAAAA",
-                created_at=created,
-                modified_at=created,
-                completed_at=created + timedelta(milliseconds=250) if i % 2 else None,
-                first_seen_at=created,
-                synced_at=created,
-            )
+    """n invocations, odd ones completed (250 ms), even ones running; one second apart unless same_time."""
+    rows = [
+        build_invocation(
+            id=invocation_id("test", i),
+            status="completed" if i % 2 else "running",
+            created_at=T0 if same_time else T0 + timedelta(seconds=i),
         )
+        for i in range(n)
+    ]
     return Invocation.objects.bulk_create(rows)
-
-
-@pytest.fixture
-def client(db: None) -> Client:
-    user = User.objects.create_user("op", password="pw-for-tests-only")
-    c = Client()
-    c.force_login(user)
-    return c
 
 
 def test_requires_login(db: None) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import re
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -23,43 +23,19 @@ from django.test import Client
 from invocations.mirror.status import CANCELLED_FAILURE, KILLED_FAILURE, Outcome
 from invocations.models import Invocation
 from invocations.reads.presenters.invocation import attempts_label, retries, retries_label
-
-T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+from tests.factories import T0, build_invocation, invocation_id
 
 
 def iid(n: int) -> str:
-    return f"inv_1w{n:06d}AAAAAAAAAAAAAAAAAAAAAAA"
+    return invocation_id("w", n)
 
 
 def inv(n: int, **fields: Any) -> Invocation:
-    created = fields.pop("created_at", T0 + timedelta(seconds=n))
-    values: dict[str, Any] = {
-        "id": iid(n),
-        "target": "Greeter/greet",
-        "service_name": "Greeter",
-        "handler_name": "greet",
-        "service_type": "service",
-        "status": "completed",
-        "completion_result": "success",
-        "invoked_by": "ingress",
-        "created_at": created,
-        "modified_at": created,
-        "completed_at": created + timedelta(milliseconds=100),
-        "first_seen_at": created,
-        "synced_at": created,
-    }
-    values.update(fields)
-    if values["status"] != "completed":
-        values.update(completion_result=None, completed_at=None)
-    values.setdefault("root_id", values["id"])
-    return Invocation(**values)
-
-
-@pytest.fixture
-def client(db: None) -> Client:
-    c = Client()
-    c.force_login(User.objects.create_user("op"))
-    return c
+    """Invocation number `n`, created n seconds after T0; completed ones ran 100 ms."""
+    fields.setdefault("created_at", T0 + timedelta(seconds=n))
+    fields.setdefault("retry_count", 0)
+    fields.setdefault("id", iid(n))
+    return build_invocation(ran_ms=100, **fields)
 
 
 def ids(client: Client, **params: Any) -> list[str]:
