@@ -18,7 +18,7 @@ machine's; every ratio is taken against a baseline measured in the same run.
    as baseline).
 3. Tree rendering for the 10,000-node tree: the tree partial
    (`invocations/detail.html#tree`, detail_context + render_to_string) against its
-   parts (tree_get, trees.build_tree, trees.flatten, rows_html).
+   parts (tree_get, trees.build_tree, trees.flatten, the rows' template).
 4. Live-update freshness under steady demo load: restate-server with the demo
    services and `demo.traffic.run_traffic`, the sync loop (the sync command's
    adaptive interval) in this process, Redis, Daphne in a subprocess, and a real
@@ -328,7 +328,7 @@ def time_tree(root_id: str, reps: int) -> TreeTimes:
 
     from invocations.graph import trees
     from invocations.reads.presenters.detail import detail_context
-    from invocations.reads.presenters.waterfall import rows_html
+    from invocations.reads.presenters.waterfall import waterfall_rows
     from invocations.reads.selectors import detail as selectors_detail
 
     inv = selectors_detail.invocation_get(root_id)
@@ -338,7 +338,7 @@ def time_tree(root_id: str, reps: int) -> TreeTimes:
             "tree_get (2 queries, rows decoded by the ORM)",
             "trees.build_tree",
             "trees.flatten",
-            "rows_html",
+            "rows: waterfall_rows + _waterfall.html#rows",
             "detail_context (all of the above + header, journal)",
             "render_to_string(#tree) alone",
             "#tree partial: detail_context + render",
@@ -356,7 +356,7 @@ def time_tree(root_id: str, reps: int) -> TreeTimes:
         t2 = time.perf_counter()
         rows = trees.flatten(tree, now=now, current_id=inv.id)
         t3 = time.perf_counter()
-        rows_html(rows)
+        render_to_string("invocations/_waterfall.html#rows", {"rows": waterfall_rows(rows)})
         t4 = time.perf_counter()
         context = detail_context(root_id)
         t5 = time.perf_counter()
