@@ -97,3 +97,57 @@ def test_list_row_changes_status_in_place_and_is_marked_when_it_leaves_the_filte
     text = page.inner_text(row)
     assert "no longer matches the filter" in text, "a status=running list says the row left the filter"
     assert page.evaluate("window.__oobErrors") == 0
+
+
+def test_detail_tree_updates_live_and_keeps_a_collapsed_subtree_and_the_scroll(
+    page: Any,
+    web: str,
+    restate: RestateClient,
+    engine: SyncEngine,
+) -> None:
+    root = traffic.fire_long(restate, minutes=0.08)[0]
+    (child,) = (
+        r["id"]
+        for r in wait_for_restate(
+            restate,
+            f"SELECT id FROM sys_invocation WHERE invoked_by_id = {sql_literal(root)}",
+            lambda rows: len(rows) == 1,
+        )
+    )
+    sync_until(engine, lambda: Invocation.objects.filter(id=child, root_id=root).exists(), "the child in the tree")
+
+    page.set_viewport_size({"width": 1400, "height": 420})  # short, so the page scrolls
+    page.add_init_script(COUNT_OOB_ERRORS)
+    page.goto(f"{web}/invocations/{root}/")
+    page.wait_for_selector(f"#node-{child}")
+    page.wait_for_selector("#live[data-state=live]")
+    # The reader collapses the root's subtree (a click on its row, away from the links)...
+    page.click(f"details#node-{root} > summary .wf-when")
+    assert page.evaluate(f"document.getElementById('node-{root}').open") is False
+    assert not page.is_visible(f"#node-{child}")
+    # Chrome's own scroll anchoring would cover for the page here; not every browser has it.
+    page.evaluate("document.documentElement.style.overflowAnchor = 'none'")
+    # ...and scrolls so the tree sits near the top. Spacers stand for a long journal below and
+    # for a header that will change height above (the update replaces the header without it).
+    page.evaluate("document.body.insertAdjacentHTML('beforeend', '<div style=\"height:2000px\"></div>')")
+    page.evaluate(
+        "document.getElementById('inv-header').insertAdjacentHTML('beforeend', '<div style=\"height:300px\"></div>')"
+    )
+    page.evaluate(
+        f"window.scrollTo(0, document.getElementById('node-{root}').getBoundingClientRect().top + scrollY - 40)"
+    )
+    row_top = f"document.getElementById('node-{root}').getBoundingClientRect().top"
+    before = page.evaluate(row_top)
+    assert abs(before - 40) < 1 and page.evaluate("window.scrollY") > 0
+    mark_page(page)
+
+    wait_completed(restate, root)
+    sync_until(engine, lambda: Invocation.objects.filter(id=child, status="completed").exists(), "the nap complete")
+    # The hidden child's row is updated all the same, and the header says so too.
+    page.wait_for_function(f"document.querySelector('#node-{child} .status').textContent === 'completed'")
+    page.wait_for_function("document.querySelector('#inv-header .status').textContent === 'completed'")
+    assert same_document(page)
+    assert page.evaluate(f"document.getElementById('node-{root}').open") is False, "the subtree stays collapsed"
+    # The header above it was replaced (and changed height): the row the reader looks at stays put.
+    assert abs(page.evaluate(row_top) - before) < 1
+    assert page.evaluate("window.__oobErrors") == 0

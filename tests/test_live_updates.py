@@ -20,8 +20,9 @@ from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
+from django.core.cache import cache
 from django.db import connection
-from django.test import override_settings
+from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 
 from dashboard import embedded_redis
@@ -29,7 +30,9 @@ from demo.stack import free_port
 from invocations.live import fragments
 from invocations.live.routing import websocket_urlpatterns
 from invocations.mirror import events
-from invocations.models import Invocation, SyncState
+from invocations.models import Invocation, InvocationEdge, SyncState
+from tests.test_detail_page import ROOT as TREE_ROOT
+from tests.test_detail_page import iid, inv
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +103,7 @@ def run_session(path: str, user: Any, *steps: Callable[[], None], rows: list[str
 
 @pytest.fixture
 def user(transactional_db: None) -> User:
+    cache.clear()  # live refreshes are cached per invocation id, and tests reuse ids
     return User.objects.create_user("live")
 
 
@@ -234,21 +238,128 @@ def test_a_sync_process_reaches_a_web_process_through_redis(user: User, redis_ur
 # ------------------------------------------------------------------ detail page
 
 
-def test_detail_page_tree_updates_when_any_node_of_its_tree_changes(user: User) -> None:
+def _client(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_detail_socket_signals_a_change_and_the_page_fetches_it(user: User) -> None:
     root = make(1, status="suspended")
     child = make(2, parent_id=root.id, root_id=root.id, invoked_by="service")
+    SyncState.objects.update_or_create(id=1, defaults={"last_success_at": T0, "mirrored_as_of": T0})
+    rendered = int((T0 + timedelta(seconds=1)).timestamp() * 1000)  # after the last step: nothing missed
 
     def the_child_completes() -> None:
         Invocation.objects.filter(id=child.id).update(status="completed", completed_at=T0 + timedelta(seconds=3))
         Invocation.objects.filter(id=root.id).update(status="completed", completed_at=T0 + timedelta(seconds=4))
         events.sync_step_committed(changed_ids=[child.id, root.id])
 
-    s = run_session(f"/ws/invocations/{root.id}/", user, the_child_completes)
-    assert 'id="inv-header" hx-swap-oob="outerHTML"' in s.first and 'id="inv-tree" hx-swap-oob="outerHTML"' in s.first
-    assert child.id in s.first, "the whole tree is sent on connect"
+    s = run_session(f"/ws/invocations/{root.id}/?rendered={rendered}", user, the_child_completes)
+    assert 'id="sync-state"' in s.first and "inv-changed" not in s.first, "nothing changed since the render"
     (update,) = s.updates
-    assert 'id="inv-tree" hx-swap-oob="outerHTML"' in update
-    assert "completed" in update.split('id="inv-header"')[1].split("</section>")[0]
+    assert child.id not in update, "the socket carries a signal, never the tree"
+    signal = update[update.index('<div id="inv-changed"') :].split("</div>")[0]
+    url = signal.split('data-url="')[1].split('"')[0]
+    assert url.startswith(f"/invocations/{root.id}/live/?t=")
+
+    body = _client(user).get(url, headers={"HX-Request": "true"}).content.decode()
+    header = body[body.index('<section id="inv-header" hx-swap-oob="outerHTML"') :].split("</section>")[0]
+    assert 'class="status">completed' in header
+    tree = body[body.index('<section id="inv-tree" hx-swap-oob="outerHTML"') :]
+    assert f'id="node-{child.id}"' in tree and "status-completed" in tree
+
+
+def test_detail_socket_signals_on_connect_when_a_step_landed_after_the_render(user: User) -> None:
+    root = make(1)
+    SyncState.objects.update_or_create(id=1, defaults={"last_success_at": T0 + timedelta(seconds=5)})
+    rendered = int(T0.timestamp() * 1000)
+    assert '<div id="inv-changed"' in run_session(f"/ws/invocations/{root.id}/?rendered={rendered}", user).first
+
+
+def _ten_thousand_node_tree() -> None:
+    """The tree of tests/test_detail_page.py::test_ten_thousand_nodes_render_bounded."""
+    rows = [inv(TREE_ROOT)]
+    for i in range(100):
+        parent = iid(f"p{i:03d}")
+        rows.append(inv(parent, parent=TREE_ROOT, at=i))
+        rows += [
+            inv(iid(f"p{i:03d}c{j:02d}"), parent=parent, at=i + j / 100, status="running" if j % 7 else "completed")
+            for j in range(99)
+        ]
+    Invocation.objects.bulk_create(rows, batch_size=2000)
+
+
+def test_first_message_for_a_ten_thousand_node_tree_is_small(user: User, capsys: pytest.CaptureFixture[str]) -> None:
+    _ten_thousand_node_tree()
+    SyncState.objects.update_or_create(id=1, defaults={"last_success_at": T0, "mirrored_as_of": T0})
+    # A page rendered before the last step: the first message carries the change signal too.
+    s = run_session(f"/ws/invocations/{TREE_ROOT}/?rendered=1", user)
+    size = len(s.first.encode())
+    assert '<div id="inv-changed"' in s.first
+    assert size < 4096, "Daphne closes a socket whose message is over 1 MiB; this one was 1.25 MB"
+    with capsys.disabled():
+        print(f"\n10,001-node tree: first websocket message {size} bytes")
+
+
+def test_live_refresh_is_rendered_once_for_every_reader_of_a_change(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from invocations.views import detail as detail_views
+
+    root = make(1)
+    renders: list[str] = []
+    real = detail_views.detail_context
+
+    def counting(invocation_id: str, **kwargs: Any) -> dict[str, Any]:
+        renders.append(invocation_id)
+        return real(invocation_id, **kwargs)
+
+    monkeypatch.setattr(detail_views, "detail_context", counting)
+    client = _client(user)
+    announced = int(datetime.now(UTC).timestamp() * 1000)
+    first = client.get(f"/invocations/{root.id}/live/?t={announced}").content
+    second = client.get(f"/invocations/{root.id}/live/?t={announced}").content
+    assert first == second and len(renders) == 1
+    # A change announced after that render needs a new one.
+    later = int(datetime.now(UTC).timestamp() * 1000) + 1
+    client.get(f"/invocations/{root.id}/live/?t={later}")
+    assert len(renders) == 2
+    # A reader who opened a "show more" row has a render of its own.
+    client.get(f"/invocations/{root.id}/live/?t={announced}&expand={root.id}:50:")
+    assert len(renders) == 3
+    assert client.get("/invocations/nonsense/live/").status_code == 400
+
+
+def test_live_refresh_keeps_show_more_rows_opened(user: User) -> None:
+    parent = iid("big")
+    Invocation.objects.bulk_create(
+        [inv(TREE_ROOT), inv(parent, parent=TREE_ROOT, at=1)]
+        + [inv(iid(f"k{i:04d}"), parent=parent, at=2 + i) for i in range(130)]
+    )
+    InvocationEdge.objects.bulk_create(
+        [
+            InvocationEdge(
+                caller_id=parent,
+                journal_index=i,
+                callee_id=iid(f"k{i:04d}"),
+                kind="call",
+                target_service="Greeter",
+                target_handler="greet",
+            )
+            for i in range(130)
+        ]
+    )
+    client = _client(user)
+    plain = client.get(f"/invocations/{TREE_ROOT}/live/").content.decode()
+    assert "show 80 more" in plain and f"node-{iid('k0050')}" not in plain
+    opened = client.get(f"/invocations/{TREE_ROOT}/live/?expand={parent}:50:").content.decode()
+    # The placeholder is replaced by the rows it stood for (its own "show more" after them).
+    assert "show 80 more" not in opened and "show 30 more" in opened
+    assert f"node-{iid('k0050')}" in opened and f"node-{iid('k0099')}" in opened
+    assert opened.count("<details") == opened.count("</details>")
+    twice = client.get(f"/invocations/{TREE_ROOT}/live/?expand={parent}:50:&expand={parent}:100:").content.decode()
+    assert "show" not in twice.split('class="waterfall"')[1] and f"node-{iid('k0129')}" in twice
 
 
 def test_unknown_invocation_socket_is_closed(user: User) -> None:

@@ -5,11 +5,13 @@ and the subscription. What to render lives in `fragments`."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.utils import timezone
 
 from invocations.live import fragments
 from invocations.mirror import events
@@ -78,7 +80,8 @@ class InvocationListConsumer(_PageConsumer):
 
 
 class InvocationDetailConsumer(_PageConsumer):
-    """The detail page: its tree grows and its bars move as the sync sees changes."""
+    """The detail page: told (in a few hundred bytes) when its tree changed; the page
+    fetches the header and tree over HTTP, where readers of one tree share a render."""
 
     async def connect(self) -> None:
         if not self.scope["user"].is_authenticated:
@@ -89,9 +92,15 @@ class InvocationDetailConsumer(_PageConsumer):
         if root is None:
             await self.close(code=4404)
             return
+        rendered = None
+        raw = self.query().get("rendered", [""])[0]
+        if raw.isdigit() and len(raw) <= 15:
+            rendered = datetime.fromtimestamp(int(raw) / 1000, UTC)
         await self._join([events.tree_group(root), events.ALL_TREES_GROUP, events.SYNC_GROUP])
         await self.accept()
-        await self.tree_changed({})
+        html = await database_sync_to_async(fragments.detail_connect_state)(self.invocation_id, rendered)
+        await self.send(text_data=html)
 
     async def tree_changed(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=await database_sync_to_async(fragments.detail_state)(self.invocation_id))
+        # No database here: the signal is the same for every reader of the tree.
+        await self.send(text_data=fragments.tree_changed(self.invocation_id, timezone.now()))

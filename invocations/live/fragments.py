@@ -4,6 +4,8 @@ templates as the page itself, so a live update looks exactly like a reload.
 
 Pages apply a message with htmx's own swap (static/live.js), which takes table
 rows wrapped in <template> (a bare <tr> outside a table loses its tags when parsed).
+A detail page gets no tree over the socket, only a small "changed" signal; it
+fetches the tree over HTTP, where one render serves every reader of the tree.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from django.http import QueryDict
 from django.template.loader import render_to_string
+from django.utils import timezone
 
 from invocations.reads.filters import DEFAULT_SORT, InvocationFilterForm, InvocationFilters
-from invocations.reads.presenters.detail import detail_context
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
 from invocations.reads.selectors.sync_state import sync_state_get
@@ -139,13 +141,21 @@ def tree_root_of(invocation_id: str) -> str | None:
     return selectors_detail.tree_root_get(invocation_id)
 
 
-def detail_state(invocation_id: str) -> str:
-    try:
-        context = detail_context(invocation_id)
-    except selectors_detail.InvocationNotFound:
-        return sync_state()
-    parts = [
-        oob(render_to_string(f"invocations/detail.html#{name}", context), element_id)
-        for name, element_id in (("header", "inv-header"), ("tree", "inv-tree"))
-    ]
-    return "".join(parts) + sync_state()
+def tree_changed(invocation_id: str, at: datetime) -> str:
+    """The signal that makes a detail page fetch its header and tree: a few hundred bytes
+    whatever the tree's size. `at` (when the change was announced) tells the server
+    which cached render is recent enough to answer."""
+    context = {"invocation_id": invocation_id, "at_ms": int(at.timestamp() * 1000)}
+    return render_to_string("invocations/detail.html#changed", context)
+
+
+def detail_connect_state(invocation_id: str, rendered: datetime | None) -> str:
+    """On (re)connect: the sync indicator, and the change signal when a step committed
+    after the page was rendered (its broadcast came before this socket listened)."""
+    sync = sync_state_get()
+    state = sync_state(sync)
+    # A failed step may have committed part of its work too (and broadcast it).
+    last_step = max(filter(None, [sync.last_success_at, sync.last_attempt_at]), default=None)
+    if rendered is None or (last_step is not None and last_step >= rendered):
+        state += tree_changed(invocation_id, timezone.now())
+    return state

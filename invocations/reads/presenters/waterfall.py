@@ -5,9 +5,10 @@ Rendered by the template engine, as all our HTML is, at a measured price: for th
 2,002 rows of the 10,001-node tree in tests/test_detail_page.py the string builder
 this replaced took 36 ms and the template takes 160-210 ms (best of 15, this
 2-core machine under load), 4-6x slower. Kept because the rule keeps markup
-reviewable in one language and the bar's markup sits in one partial for the
-waiting/running geometry to come. Going back would only mean building the same
-strings from these dataclasses.
+reviewable in one language, the bar's markup sits in one partial for the waiting/
+running geometry to come, and a live page no longer re-renders the tree per reader:
+one render per sync step serves every reader of the tree (views.detail.invocation_live).
+Going back would only mean building the same strings from these dataclasses.
 """
 
 from __future__ import annotations
@@ -23,6 +24,32 @@ from invocations.graph import trees
 from invocations.mirror.models import Invocation
 from invocations.reads.presenters.formatting import duration, iso_utc, utc_text
 from invocations.reads.selectors import detail as selectors_detail
+
+# "show more" expansions a live refresh re-applies, and the rows they may add: a
+# reader who opened a few is served, a URL asking for hundreds is not.
+MAX_EXPANSIONS = 20
+MAX_EXPANDED_ROWS = 10 * trees.ROW_CAP
+
+
+@dataclass(frozen=True, slots=True)
+class Expansion:
+    """A "show more" row the reader opened: children[offset:] of `parent_id`, less `exclude`."""
+
+    parent_id: str
+    offset: int
+    exclude: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.parent_id}:{self.offset}:{self.exclude or ''}"
+
+    @classmethod
+    def parse(cls, raw: str) -> Expansion | None:
+        parent_id, _, rest = raw.partition(":")
+        offset, _, exclude = rest.partition(":")
+        if not parent_id or not offset.isdigit() or len(offset) > 9:
+            return None
+        return cls(parent_id, int(offset), exclude or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +145,33 @@ def waterfall_rows(rows: Iterable[trees.Row]) -> list[WaterfallRow]:
     return [_more_row(r, children_url) if r.is_more else _node_row(r, detail_url) for r in rows]
 
 
+def expand(
+    tree: trees.Tree, rows: list[trees.Row], expansions: Iterable[Expansion], *, now: datetime
+) -> list[trees.Row]:
+    """`rows` with the "show more" rows a reader opened replaced by what they stand for,
+    as the children endpoint would have inserted them (nested expansions included)."""
+    wanted = {(e.parent_id, e.offset, e.exclude) for e in list(expansions)[:MAX_EXPANSIONS]}
+    if not wanted:
+        return rows
+    out: list[trees.Row] = []
+    todo = list(reversed(rows))
+    budget = MAX_EXPANDED_ROWS
+    while todo:
+        row = todo.pop()
+        key = (row.parent_id or "", row.offset, row.exclude)
+        if row.is_more and key in wanted and budget > 0:
+            wanted.discard(key)
+            children = trees.flatten_children(tree, key[0], now=now, offset=row.offset, exclude=row.exclude)
+            if children:
+                # The placeholder closed the subtrees around it; its last replacement row does now.
+                children[-1].closes += row.closes
+                budget -= len(children)
+                todo.extend(reversed(children))
+                continue
+        out.append(row)
+    return out
+
+
 @dataclass(frozen=True)
 class TreeView:
     rows: list[WaterfallRow]
@@ -128,9 +182,9 @@ class TreeView:
     rendered: int  # node rows on the page
 
 
-def tree_view(inv: Invocation, now: datetime) -> TreeView:
+def tree_view(inv: Invocation, now: datetime, expansions: Iterable[Expansion] = ()) -> TreeView:
     tree, data = selectors_detail.tree_build(inv, now=now)
-    rows = trees.flatten(tree, now=now, current_id=inv.id)
+    rows = expand(tree, trees.flatten(tree, now=now, current_id=inv.id), expansions, now=now)
     return TreeView(
         rows=waterfall_rows(rows),
         tree=tree,
