@@ -1,6 +1,7 @@
 // Live updates over a websocket (htmx ws extension): how a message is applied, the
-// rows a list page follows, and the connection indicator. The extension reconnects
-// by itself; the server re-sends current state on every (re)connect.
+// rows a list page follows, the connection indicator, and the sync indicator's own
+// clock. The extension reconnects by itself; the server re-sends current state on
+// every (re)connect.
 (function () {
   "use strict";
 
@@ -33,4 +34,23 @@
   });
   document.addEventListener("htmx:wsClose", () => show("down", "live updates down, reconnecting…"));
   document.addEventListener("htmx:wsError", () => show("down", "live updates down, reconnecting…"));
+
+  // A sync that froze or died sends nothing, so the indicator cannot wait for a
+  // message to turn stale: it counts down data-stale-in (seconds, from when this
+  // indicator arrived; the reader's clock need not agree with the server's).
+  function checkSync() {
+    const el = document.getElementById("sync-state");
+    if (!el || !el.classList.contains("ok") || !el.dataset.staleIn) return;
+    if (el._staleAt === undefined) el._staleAt = Date.now() + parseFloat(el.dataset.staleIn) * 1000;
+    if (Date.now() < el._staleAt) return;
+    el.classList.replace("ok", "stale");
+    const note = el.querySelector(".stale-note");
+    if (note) {
+      note.hidden = false;
+      if (window.dashboardTimes) window.dashboardTimes.refresh(note, true);
+    }
+  }
+  document.addEventListener("DOMContentLoaded", checkSync);
+  document.addEventListener("htmx:load", checkSync);
+  setInterval(checkSync, 1000);
 })();

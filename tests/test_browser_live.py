@@ -8,14 +8,16 @@ not assumed."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from demo import traffic
 from invocations.mirror.sync.engine import SyncEngine
-from invocations.models import Invocation
+from invocations.models import Invocation, SyncState
 from invocations.restate import RestateClient, sql_literal
 from tests.conftest import wait_completed, wait_for_restate
 from tests.test_browser import page, redis_url, web  # noqa: F401  (fixtures used by name)
@@ -151,3 +153,25 @@ def test_detail_tree_updates_live_and_keeps_a_collapsed_subtree_and_the_scroll(
     # The header above it was replaced (and changed height): the row the reader looks at stays put.
     assert abs(page.evaluate(row_top) - before) < 1
     assert page.evaluate("window.__oobErrors") == 0
+
+
+def test_sync_indicator_turns_stale_on_its_own_when_the_sync_stops(page: Any, web: str) -> None:
+    # The last step 26 s ago; with the default pacing (10 s between steps at most) the
+    # indicator turns stale 30 s after it. Nothing is running that could send a message.
+    now = timezone.now()
+    SyncState.objects.update_or_create(
+        id=1,
+        defaults={
+            "last_success_at": now - timedelta(seconds=26),
+            "mirrored_as_of": now - timedelta(seconds=26),
+            "last_duration_s": 0.0,
+            "consecutive_failures": 0,
+        },
+    )
+    page.goto(f"{web}/invocations/")
+    page.wait_for_selector("#sync-state.ok")
+    assert not page.is_visible("#sync-state .stale-note")
+    mark_page(page)
+    page.wait_for_selector("#sync-state.stale", timeout=15_000)
+    assert page.is_visible("#sync-state .stale-note") and "No sync step since" in page.inner_text("#sync-state")
+    assert same_document(page)

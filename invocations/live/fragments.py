@@ -19,6 +19,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from invocations.reads.filters import DEFAULT_SORT, InvocationFilterForm, InvocationFilters
+from invocations.reads.presenters.sync_health import sync_health
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
 from invocations.reads.selectors.sync_state import sync_state_get
@@ -40,7 +41,9 @@ def oob(html: str, element_id: str) -> str:
 
 
 def sync_state(sync: SyncState | None = None) -> str:
-    return oob(render_to_string("invocations/_sync_state.html", {"sync": sync or sync_state_get()}), "sync-state")
+    sync = sync or sync_state_get()
+    context = {"sync": sync, "sync_health": sync_health(sync, timezone.now())}
+    return oob(render_to_string("invocations/_sync_state.html", context), "sync-state")
 
 
 @dataclass
