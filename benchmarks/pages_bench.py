@@ -18,7 +18,7 @@ machine's; every ratio is taken against a baseline measured in the same run.
    as baseline).
 3. Tree rendering for the 10,000-node tree: the tree partial
    (`invocations/detail.html#tree`, detail_context + render_to_string) against its
-   parts (tree_get, trees.build_tree, trees.flatten, rows_html).
+   parts (tree_get, trees.build_tree, trees.flatten, the rows' template).
 4. Live-update freshness under steady demo load: restate-server with the demo
    services and `demo.traffic.run_traffic`, the sync loop (the sync command's
    adaptive interval) in this process, Redis, Daphne in a subprocess, and a real
@@ -31,6 +31,12 @@ machine's; every ratio is taken against a baseline measured in the same run.
    duration, interval, PostgreSQL time and costliest statement.
    The synthetic rows were never in this Restate, so the periodic reconcile
    (which would mark them gone) is counted as done when the loop starts.
+   Rows swapped in place: every status change our sync committed for a row the
+   page showed, while it was open, against the row swaps htmx made in the page
+   (and its `htmx:oobErrorNoTarget` errors: swaps that found no row).
+
+`--live-only` runs part 4 alone (with `--count` synthetic rows in the table).
+
 5. Service map `/services/?window=1h|1d|7d`: server time cold (cache emptied
    before each request: aggregate SQL, Graphviz, rendering) and warm (from the
    per-window cache), median and p95, with the SQL share, the drawing's size,
@@ -334,7 +340,7 @@ def time_tree(root_id: str, reps: int) -> TreeTimes:
 
     from invocations.graph import trees
     from invocations.reads.presenters.detail import detail_context
-    from invocations.reads.presenters.waterfall import rows_html
+    from invocations.reads.presenters.waterfall import waterfall_rows
     from invocations.reads.selectors import detail as selectors_detail
 
     inv = selectors_detail.invocation_get(root_id)
@@ -344,7 +350,7 @@ def time_tree(root_id: str, reps: int) -> TreeTimes:
             "tree_get (2 queries, rows decoded by the ORM)",
             "trees.build_tree",
             "trees.flatten",
-            "rows_html",
+            "rows: waterfall_rows + _waterfall.html#rows",
             "detail_context (all of the above + header, journal)",
             "render_to_string(#tree) alone",
             "#tree partial: detail_context + render",
@@ -362,7 +368,7 @@ def time_tree(root_id: str, reps: int) -> TreeTimes:
         t2 = time.perf_counter()
         rows = trees.flatten(tree, now=now, current_id=inv.id)
         t3 = time.perf_counter()
-        rows_html(rows)
+        render_to_string("invocations/_waterfall.html#rows", {"rows": waterfall_rows(rows)})
         t4 = time.perf_counter()
         context = detail_context(root_id)
         t5 = time.perf_counter()
@@ -632,6 +638,8 @@ class SyncLoop:
         self.engine = engine
         self.steps: list[Step] = []
         self.changes: dict[tuple[str, str], Change] = {}
+        # Per invocation, each status our sync committed, with when its broadcast left.
+        self.transitions: dict[str, list[tuple[float, str]]] = {}
         self.errors: list[str] = []
         self.list_sent: float | None = None
         self.sql_by_statement: dict[str, float] = {}  # statement (IN lists folded) -> seconds, over all steps
@@ -715,6 +723,9 @@ class SyncLoop:
             self.changes.setdefault(
                 (inv_id, status), Change(modified_at.timestamp(), created_at.timestamp(), retry_count, committed)
             )
+            seen = self.transitions.setdefault(inv_id, [])
+            if not seen or seen[-1][1] != status:
+                seen.append((committed, status))
 
 
 # Installed before any page script: every WebSocket notes each message's arrival time
@@ -735,10 +746,23 @@ RECORDER_JS = """
     }
   }
   window.WebSocket = Recording;
+  // Row swaps htmx makes (status before -> after), and swaps that found no row.
+  window.__rowSwaps = [];
+  window.__oobErrors = 0;
+  document.addEventListener("htmx:oobErrorNoTarget", () => { window.__oobErrors += 1; });
+  const statusOf = (el) => { const s = el && el.querySelector(".status"); return s ? s.textContent : ""; };
+  document.addEventListener("htmx:oobBeforeSwap", (e) => {
+    const old = e.detail.target;
+    if (!old || !old.id || !old.id.startsWith("row-")) return;
+    window.__rowSwaps.push({ id: old.id.slice(4), from: statusOf(old), to: statusOf(e.detail.fragment), t: Date.now() });
+  });
+  window.__visibleRows = () =>
+    Array.from(document.querySelectorAll("tr[id^='row-']"), (tr) => [tr.id.slice(4), statusOf(tr)]);
 })();
 """
 ROW_RE = re.compile(r'<tr id="row-(inv_[0-9A-Za-z]+)"[^>]*>.*?<span class="status">([a-z-]+)</span>', re.S)
-BANNER_RE = re.compile(r'<div id="new-banner"[^>]*>(?:<a [^>]*>(\d+) new invocation)?')
+# "100+ new" (the cap) counts as 100: the ranks past it are not sampled.
+BANNER_RE = re.compile(r'<div id="new-banner"[^>]*>(?:<a [^>]*>(\d+)\+? new invocation)?')
 
 
 @dataclass
@@ -784,6 +808,53 @@ class Sample:
 
 
 @dataclass
+class PageRows:
+    """One page load's rows: their statuses when its socket was live and at the end, and the swaps in between."""
+
+    opened: float
+    closed: float
+    initial: dict[str, str]
+    final: dict[str, str]
+    swaps: list[dict[str, Any]]
+    oob_errors: int
+
+
+@dataclass
+class RowSwaps:
+    changes: int  # status changes our sync committed to a shown row while its page was open
+    swapped: int  # ... of which a row swap in the page carried the new status
+    swaps: int  # row swaps that changed the status shown
+    caught_up: int  # ... of which were changes from before the page's socket was live (sent on connect)
+    stale_at_end: int  # rows whose status at the end of a page load was not the last one committed
+    oob_errors: int
+
+
+# A change committed this close to the end of a page load may still be on its way to the browser.
+SWAP_GRACE_S = 2.0
+
+
+def row_swaps(pages: list[PageRows], transitions: dict[str, list[tuple[float, str]]]) -> RowSwaps:
+    result = RowSwaps(0, 0, 0, 0, 0, sum(p.oob_errors for p in pages))
+    for p in pages:
+        swapped_to = {(w["id"], w["to"]) for w in p.swaps}
+        changed = [w for w in p.swaps if w["from"] != w["to"]]
+        result.swaps += len(changed)
+        for inv_id, shown in p.initial.items():
+            history = transitions.get(inv_id, [])
+            during = [(t, status) for t, status in history if p.opened < t <= p.closed - SWAP_GRACE_S]
+            before = [status for t, status in history if t <= p.opened]
+            result.changes += len(during)
+            result.swapped += sum(1 for _t, status in during if (inv_id, status) in swapped_to)
+            if before and before[-1] != shown:
+                result.caught_up += 1
+            settled = [status for t, status in history if t <= p.closed - SWAP_GRACE_S]
+            late = any(p.closed - SWAP_GRACE_S < t for t, _s in history)
+            if settled and not late and p.final.get(inv_id) != settled[-1]:
+                result.stale_at_end += 1
+    return result
+
+
+@dataclass
 class LiveResult:
     samples: list[Sample]
     steps: list[Step]
@@ -796,6 +867,7 @@ class LiveResult:
     skipped_retried: int
     sql_by_statement: dict[str, float]  # over every step of the loop
     steps_total: int
+    rows: RowSwaps
 
 
 def freshness_samples(
@@ -894,6 +966,7 @@ def live_freshness(
     traffic_thread: threading.Thread | None = None
     stats_box: list[Any] = []
     entries: list[dict[str, Any]] = []
+    loads: list[PageRows] = []
     traffic_client: RestateClient | None = None
     sync_client: RestateClient | None = None
     exits = contextlib.ExitStack()
@@ -938,17 +1011,32 @@ def live_freshness(
                 page.wait_for_selector("#live[data-state=live]")
                 window_start = time.time()
                 progress(f"measuring for {window_s:.0f} s (list page reloaded every {reload_s:.0f} s)")
+
+                def page_rows(opened: float, initial: dict[str, str]) -> PageRows:
+                    return PageRows(
+                        opened=opened,
+                        closed=time.time(),
+                        initial=initial,
+                        final=dict(page.evaluate("window.__visibleRows()")),
+                        swaps=page.evaluate("window.__rowSwaps.splice(0)"),
+                        oob_errors=page.evaluate("window.__oobErrors"),
+                    )
+
+                opened, initial = time.time(), dict(page.evaluate("window.__visibleRows()"))
                 while time.time() - window_start < window_s:
                     page.wait_for_timeout(min(reload_s, window_s - (time.time() - window_start)) * 1000)
                     entries += page.evaluate("window.__wsLog.splice(0)")
                     if time.time() - window_start < window_s:
+                        loads.append(page_rows(opened, initial))
                         page.reload()
                         page.wait_for_selector("#live[data-state=live]")
+                        opened, initial = time.time(), dict(page.evaluate("window.__visibleRows()"))
                 window_end = time.time()
                 # Let changes made at the end of the window arrive before the last read.
                 stop_traffic.set()
                 page.wait_for_timeout(4000)
                 entries += page.evaluate("window.__wsLog.splice(0)")
+                loads.append(page_rows(opened, initial))
             finally:
                 browser.close()
         stop_traffic.set()
@@ -970,6 +1058,7 @@ def live_freshness(
             skipped_retried=skipped,
             sql_by_statement=loop.sql_by_statement,
             steps_total=len(loop.steps),
+            rows=row_swaps(loads, loop.transitions),
         )
     finally:
         stop_traffic.set()
@@ -993,6 +1082,58 @@ def describe(values: Sequence[float]) -> str:
     return f"{ms(statistics.median(values))} / {ms(quantile(values, 0.95))} / {ms(max(values))}"
 
 
+def say_live(live: LiveResult, args: argparse.Namespace, invocations: int) -> None:
+    """Part 4's report."""
+    rows_s = [s.freshness for s in live.samples if s.kind == "row"]
+    new_s = [s.freshness for s in live.samples if s.kind == "new"]
+    all_s = [s.freshness for s in live.samples]
+    sync_s = [s.sync for s in live.samples]
+    push_s = [s.push for s in live.samples]
+    step_s = [s.duration_s for s in live.steps]
+    gaps = [b.started - a.started for a, b in zip(live.steps, live.steps[1:], strict=False)]
+    say(
+        f"\n4. Live-update freshness in Chromium under demo load ({args.rate:g} patterns/s, "
+        f"{live.traffic_invocations:,} ingress invocations, {live.traffic_errors} send errors), "
+        f"{live.window_s:.0f} s, {live.sessions} page loads, {live.messages:,} websocket messages; "
+        f"{invocations:,} synthetic rows in the table (ms)"
+    )
+    say(
+        table(
+            ["state change -> fragment in the browser", "samples", "p50", "p95", "max"],
+            [
+                [label, len(v), *describe(v).split(" / ")] if v else [label, 0, "n/a", "n/a", "n/a"]
+                for label, v in (
+                    ("row status change (modified_at -> row fragment)", rows_s),
+                    ("new invocation (created_at -> 'N new' banner)", new_s),
+                    ("all", all_s),
+                    ("  part 1: change in Restate -> our step's broadcast", sync_s),
+                    ("  part 2: broadcast -> message in the browser", push_s),
+                )
+            ],
+        )
+    )
+    say(
+        f"   sync steps in the window: {len(step_s)}, step p50 {ms(statistics.median(step_s)) if step_s else 'n/a'} ms, "
+        f"p95 {ms(quantile(step_s, 0.95)) if step_s else 'n/a'} ms; poll interval (start to start) p50 "
+        f"{ms(statistics.median(gaps)) if gaps else 'n/a'} ms; sync errors {len(live.sync_errors)}; "
+        f"row changes with retries not sampled: {live.skipped_retried}"
+    )
+    if live.steps_total:
+        sql_s = [s.sql_s for s in live.steps]
+        statement, spent = max(live.sql_by_statement.items(), key=lambda kv: kv[1])
+        say(
+            f"   PostgreSQL time per sync step p50 {ms(statistics.median(sql_s)) if sql_s else 'n/a'} ms; "
+            f"costliest statement {ms(spent / live.steps_total)} ms per step: {short_sql(statement)}"
+        )
+    r = live.rows
+    say(
+        f"   list rows swapped in place: {r.swapped} of the {r.changes} status changes our sync committed to a "
+        f"row a page showed while it was open ({r.swaps} swaps changed a status, {r.caught_up} of them "
+        f"catching up on connect); rows showing a stale status at the end of a page load: {r.stale_at_end}; "
+        f"htmx:oobErrorNoTarget: {r.oob_errors}"
+    )
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -1012,6 +1153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-live", action="store_true", help="skip the live-update part (no Restate, no browser)")
     parser.add_argument("--map-cold-reps", type=int, default=5, help="cold service map requests per window")
     parser.add_argument("--only-service-map", action="store_true", help="run the service map part (5.) alone")
+    parser.add_argument(
+        "--live-only", action="store_true", help="only the live-update part, with --count rows in the table"
+    )
     args = parser.parse_args(argv)
     if args.only_service_map:
         args.no_live = True
@@ -1057,6 +1201,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"Page benchmark ({os.cpu_count()} CPUs, PostgreSQL {pg_version}; times are server time in-process)")
         if args.only_service_map:
             return service_map_only(client, args, started)
+
+        if args.live_only:
+            progress(f"generating {args.count:,} invocations")
+            generated = generate(args.count, seed=args.seed, big_tree=0)
+            from django.db import connections
+
+            connections.close_all()
+            only = live_freshness(
+                tmp=tmp,
+                database_url=scratch.url,
+                redis_url=redis_url,
+                rate=args.rate,
+                warmup_s=args.warmup,
+                window_s=args.window,
+                reload_s=args.reload,
+            )
+            say_live(only, args, generated.invocations)
+            say(f"\nbenchmark runtime {time.monotonic() - started:.0f} s")
+            return 0
 
         # ---- baseline data set
         progress(f"generating {args.baseline:,} invocations (baseline)")
@@ -1206,47 +1369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 window_s=args.window,
                 reload_s=args.reload,
             )
-            rows_s = [s.freshness for s in live.samples if s.kind == "row"]
-            new_s = [s.freshness for s in live.samples if s.kind == "new"]
-            all_s = [s.freshness for s in live.samples]
-            sync_s = [s.sync for s in live.samples]
-            push_s = [s.push for s in live.samples]
-            step_s = [s.duration_s for s in live.steps]
-            gaps = [b.started - a.started for a, b in zip(live.steps, live.steps[1:], strict=False)]
-            say(
-                f"\n4. Live-update freshness in Chromium under demo load ({args.rate:g} patterns/s, "
-                f"{live.traffic_invocations:,} ingress invocations, {live.traffic_errors} send errors), "
-                f"{live.window_s:.0f} s, {live.sessions} page loads, {live.messages:,} websocket messages; "
-                f"{big.invocations:,} synthetic rows in the table (ms)"
-            )
-            say(
-                table(
-                    ["state change -> fragment in the browser", "samples", "p50", "p95", "max"],
-                    [
-                        [label, len(v), *describe(v).split(" / ")] if v else [label, 0, "n/a", "n/a", "n/a"]
-                        for label, v in (
-                            ("row status change (modified_at -> row fragment)", rows_s),
-                            ("new invocation (created_at -> 'N new' banner)", new_s),
-                            ("all", all_s),
-                            ("  part 1: change in Restate -> our step's broadcast", sync_s),
-                            ("  part 2: broadcast -> message in the browser", push_s),
-                        )
-                    ],
-                )
-            )
-            say(
-                f"   sync steps in the window: {len(step_s)}, step p50 {ms(statistics.median(step_s)) if step_s else 'n/a'} ms, "
-                f"p95 {ms(quantile(step_s, 0.95)) if step_s else 'n/a'} ms; poll interval (start to start) p50 "
-                f"{ms(statistics.median(gaps)) if gaps else 'n/a'} ms; sync errors {len(live.sync_errors)}; "
-                f"row changes with retries not sampled: {live.skipped_retried}"
-            )
-            if live.steps_total:
-                sql_s = [s.sql_s for s in live.steps]
-                statement, spent = max(live.sql_by_statement.items(), key=lambda kv: kv[1])
-                say(
-                    f"   PostgreSQL time per sync step p50 {ms(statistics.median(sql_s)) if sql_s else 'n/a'} ms; "
-                    f"costliest statement {ms(spent / live.steps_total)} ms per step: {short_sql(statement)}"
-                )
+            say_live(live, args, big.invocations)
 
         total_s = time.monotonic() - started
         say("\nSummary")

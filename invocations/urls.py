@@ -27,5 +27,6 @@ urlpatterns = [
     path("invocations/", lists.invocation_list, name="list"),
     path("invocations/<invocation_id:invocation_id>/", detail.invocation_detail, name="detail"),
     path("invocations/<invocation_id:invocation_id>/children/", detail.tree_children, name="tree_children"),
+    path("invocations/<invocation_id:invocation_id>/live/", detail.invocation_live, name="live"),
     path("services/", service_map.service_map, name="services"),
 ]

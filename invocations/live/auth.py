@@ -8,27 +8,19 @@ the same browser, until the socket happens to reconnect."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
 from django.contrib.auth.signals import user_logged_out
 from django.dispatch import receiver
 from django.http import HttpRequest
 
+from invocations.mirror import events
+
 log = logging.getLogger(__name__)
 
 CLOSE_LOGGED_OUT = 4401
-SESSION_ENDED = "session.ended"  # the message type; Channels calls `session_ended`
-
-
-def session_group(session_key: str) -> str:
-    """The group of one session's sockets. Hashed: group names allow only ASCII
-    letters, digits, '-', '_' and '.', and the key itself is a credential."""
-    return "session." + hashlib.sha256(session_key.encode()).hexdigest()[:32]
 
 
 class CloseAtLogoutMixin(AsyncWebsocketConsumer):
@@ -41,7 +33,7 @@ class CloseAtLogoutMixin(AsyncWebsocketConsumer):
         key = getattr(self.scope.get("session"), "session_key", None)
         if key and user is not None and user.is_authenticated:
             joined: list[str] = list(getattr(self, "groups", None) or [])
-            self.groups = [*joined, session_group(key)]
+            self.groups = [*joined, events.session_group(key)]
         await super().websocket_connect(message)
 
     async def session_ended(self, event: dict[str, Any]) -> None:
@@ -52,10 +44,5 @@ class CloseAtLogoutMixin(AsyncWebsocketConsumer):
 def close_sockets_at_logout(sender: Any, request: HttpRequest | None, **kwargs: Any) -> None:
     # Sent before the session is flushed, so its key still names the group.
     key = getattr(getattr(request, "session", None), "session_key", None)
-    layer = get_channel_layer()
-    if not key or layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(session_group(key), {"type": SESSION_ENDED})
-    except Exception:
-        log.warning("could not tell the sockets of a session that it ended", exc_info=True)
+    if key:
+        events.session_ended(key)

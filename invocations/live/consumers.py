@@ -1,20 +1,23 @@
-"""Websocket consumers: join the groups `broadcast` names, accept, then send the
+"""Websocket consumers: join the groups `events` names, accept, then send the
 current state, so a (re)connecting page misses nothing between its last render
 and the subscription. What to render lives in `fragments`."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
+from django.utils import timezone
 
 from invocations.live import fragments
+from invocations.live.auth import CloseAtLogoutMixin
 from invocations.mirror import events
 
 
-class _PageConsumer(AsyncWebsocketConsumer):
+class _PageConsumer(CloseAtLogoutMixin):
     groups_joined: list[str]
 
     async def _join(self, groups: list[str]) -> None:
@@ -29,32 +32,56 @@ class _PageConsumer(AsyncWebsocketConsumer):
     async def sync_changed(self, event: dict[str, Any]) -> None:
         await self.send(text_data=await database_sync_to_async(fragments.sync_state)())
 
+    def query(self) -> dict[str, list[str]]:
+        return parse_qs(self.scope.get("query_string", b"").decode())
+
 
 class InvocationListConsumer(_PageConsumer):
-    """The list page: status changes in place, and a count of new invocations
-    instead of rows reshuffling under the reader's cursor."""
+    """The list page: status changes of the rows it shows, in place, and a count of
+    new invocations instead of rows reshuffling under the reader's cursor.
+
+    After connecting, the page sends `{"rows": [ids]}`: the rows it shows, the only
+    ones it is sent (a row it does not have would be a swap with no target)."""
+
+    view: fragments.ListView
 
     async def connect(self) -> None:
         if not self.scope["user"].is_authenticated:
             await self.close(code=4401)
             return
-        query = parse_qs(self.scope.get("query_string", b"").decode())
-        self.view = fragments.ListView.from_query(query)
-        if self.view is None:
+        view = fragments.ListView.from_query(self.query())
+        if view is None:
             await self.close(code=4400)
             return
+        self.view = view
         await self._join([events.LIST_GROUP, events.SYNC_GROUP])
         await self.accept()
         await self.send(text_data=await database_sync_to_async(self.view.current_state)())
 
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            message = json.loads(text_data or "")
+        except ValueError:
+            return
+        rows = message.get("rows") if isinstance(message, dict) else None
+        if not isinstance(rows, list):
+            return
+        self.view.show([r for r in rows if isinstance(r, str)])
+        html = await database_sync_to_async(self.view.shown_rows)()
+        if html:
+            await self.send(text_data=html)
+
     async def invocations_changed(self, event: dict[str, Any]) -> None:
-        html = await database_sync_to_async(self.view.changes)(event["ids"])
+        ids = event.get("ids") or []
+        complete = event.get("count", len(ids)) <= len(ids)
+        html = await database_sync_to_async(self.view.changes)(ids, complete=complete)
         if html:
             await self.send(text_data=html)
 
 
 class InvocationDetailConsumer(_PageConsumer):
-    """The detail page: its tree grows and its bars move as the sync sees changes."""
+    """The detail page: told (in a few hundred bytes) when its tree changed; the page
+    fetches the header and tree over HTTP, where readers of one tree share a render."""
 
     async def connect(self) -> None:
         if not self.scope["user"].is_authenticated:
@@ -65,9 +92,15 @@ class InvocationDetailConsumer(_PageConsumer):
         if root is None:
             await self.close(code=4404)
             return
+        rendered = None
+        raw = self.query().get("rendered", [""])[0]
+        if raw.isdigit() and len(raw) <= 15:
+            rendered = datetime.fromtimestamp(int(raw) / 1000, UTC)
         await self._join([events.tree_group(root), events.ALL_TREES_GROUP, events.SYNC_GROUP])
         await self.accept()
-        await self.tree_changed({})
+        html = await database_sync_to_async(fragments.detail_connect_state)(self.invocation_id, rendered)
+        await self.send(text_data=html)
 
     async def tree_changed(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=await database_sync_to_async(fragments.detail_state)(self.invocation_id))
+        # No database here: the signal is the same for every reader of the tree.
+        await self.send(text_data=fragments.tree_changed(self.invocation_id, timezone.now()))

@@ -1,25 +1,35 @@
 """HTML fragments pushed over websockets. Each is an out-of-band swap
 (`hx-swap-oob`) of an element the page already has, rendered from the same
-templates as the page itself, so a live update looks exactly like a reload."""
+templates as the page itself, so a live update looks exactly like a reload.
+
+Pages apply a message with htmx's own swap (static/live.js), which takes table
+rows wrapped in <template> (a bare <tr> outside a table loses its tags when parsed).
+A detail page gets no tree over the socket, only a small "changed" signal; it
+fetches the tree over HTTP, where one render serves every reader of the tree.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from django.http import QueryDict
 from django.template.loader import render_to_string
+from django.utils import timezone
 
-from invocations.reads.filters import InvocationFilterForm, InvocationFilters
-from invocations.reads.presenters.detail import detail_context
+from invocations.reads.filters import DEFAULT_SORT, InvocationFilterForm, InvocationFilters
+from invocations.reads.presenters.sync_health import sync_health
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
 from invocations.reads.selectors.sync_state import sync_state_get
 from invocations.restate import INVOCATION_ID_RE
 
-# A step that changed more rows than this on one page gets a "reload" hint
-# rather than a flood of row swaps.
-MAX_ROW_SWAPS = 100
+if TYPE_CHECKING:
+    from invocations.mirror.models import SyncState
+
+# Rows one list page may ask to follow: a page shows 50; more is not a page of ours.
+MAX_SHOWN_ROWS = 200
 
 
 def oob(html: str, element_id: str) -> str:
@@ -30,16 +40,24 @@ def oob(html: str, element_id: str) -> str:
     return html.replace(marker, f'{marker} hx-swap-oob="outerHTML"', 1)
 
 
-def sync_state() -> str:
-    return oob(render_to_string("invocations/_sync_state.html", {"sync": sync_state_get()}), "sync-state")
+def sync_state(sync: SyncState | None = None) -> str:
+    sync = sync or sync_state_get()
+    context = {"sync": sync, "sync_health": sync_health(sync, timezone.now())}
+    return oob(render_to_string("invocations/_sync_state.html", context), "sync-state")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ListView:
-    """What one connected list page shows: its filters, and the newest row it rendered."""
+    """What one connected list page shows: its filters, the newest row it rendered,
+    whether it is the newest-first first page, and (once the page says) its rows."""
 
     filters: InvocationFilters
     since: datetime | None
+    first_page: bool = True
+    shown: frozenset[str] = frozenset()
+    # Rows counted by the banner so far (at most NEW_COUNT_CAP + 1); None until counted.
+    new_ids: set[str] | None = None
+    _banner_sent: int | None = field(default=None, repr=False)
 
     @classmethod
     def from_query(cls, query: dict[str, list[str]]) -> ListView | None:
@@ -55,23 +73,69 @@ class ListView:
                 since = datetime.fromisoformat(raw.replace(" ", "+"))
             except ValueError:
                 return None
-        return cls(InvocationFilters.from_form(form.cleaned_data), since)
+            if since.tzinfo is None:
+                since = since.replace(tzinfo=UTC)
+        return cls(InvocationFilters.from_form(form.cleaned_data), since, first_page=not data.get("paged"))
+
+    @property
+    def counts_new(self) -> bool:
+        # "N new" means "reload to see them at the top": only true of the newest-first
+        # first page. Elsewhere new rows land on another page or mid-list.
+        return self.first_page and self.filters.sort == DEFAULT_SORT and self.since is not None
+
+    def show(self, ids: list[str]) -> None:
+        """The page told us which rows it shows (on every (re)connect)."""
+        self.shown = frozenset(i for i in ids[:MAX_SHOWN_ROWS] if INVOCATION_ID_RE.match(i))
+
+    def _count_new(self, changed: list[str] | None) -> None:
+        if not self.counts_new:
+            return
+        assert self.since is not None
+        if self.new_ids is None or changed is None:
+            self.new_ids = selectors.invocation_new_ids(filters=self.filters, since=self.since)
+        elif len(self.new_ids) <= selectors.NEW_COUNT_CAP:
+            # Rows created since the last count were inserted by a step since then, so
+            # they are among what the steps changed: count those, not the table.
+            self.new_ids |= selectors.invocation_new_ids(filters=self.filters, since=self.since, among=changed)
 
     def _new_banner(self) -> str:
-        count = selectors.invocation_new_count(filters=self.filters, since=self.since)
-        html = render_to_string("invocations/_new_banner.html", {"count": count, "query": self.filters.query_string()})
-        return oob(html, "new-banner")
+        """The banner, when its count differs from what the page shows."""
+        count = len(self.new_ids or ())
+        if count == self._banner_sent:
+            return ""
+        self._banner_sent = count
+        context = {
+            "count": min(count, selectors.NEW_COUNT_CAP),
+            "capped": count > selectors.NEW_COUNT_CAP,
+            "query": self.filters.query_string(),
+        }
+        return oob(render_to_string("invocations/_new_banner.html", context), "new-banner")
 
-    def current_state(self) -> str:
-        return self._new_banner() + sync_state()
+    def _rows(self, ids: list[str] | frozenset[str]) -> str:
+        if not ids:
+            return ""
+        return "".join(
+            render_to_string("invocations/_row.html", {"inv": inv, "oob": True, "stale": not matches})
+            for inv, matches in selectors.invocations_among(filters=self.filters, ids=list(ids))
+        )
 
-    def changes(self, ids: list[str]) -> str:
-        # Rows this page may show: they match its filters and are not newer than its newest row.
-        shown = selectors.invocations_among(filters=self.filters, ids=ids, until=self.since, limit=MAX_ROW_SWAPS + 1)
-        parts = [self._new_banner()]
-        if len(shown) <= MAX_ROW_SWAPS:
-            parts += [oob(render_to_string("invocations/_row.html", {"inv": inv}), f"row-{inv.id}") for inv in shown]
-        return "".join(parts)
+    def current_state(self, sync: SyncState | None = None) -> str:
+        self._count_new(None)
+        return self._new_banner() + sync_state(sync)
+
+    def shown_rows(self) -> str:
+        """The shown rows as they are now: what changed between the page's render and its subscription."""
+        return self._rows(self.shown)
+
+    def changes(self, ids: list[str], *, complete: bool = True) -> str:
+        """What a sync step that changed `ids` means for this page.
+
+        complete: False when the step changed more rows than `ids` names (a first load):
+        every shown row is re-sent and the banner recounted.
+        """
+        self._count_new(ids if complete else None)
+        touched = self.shown if not complete else self.shown.intersection(ids)
+        return self._new_banner() + self._rows(touched)
 
 
 def tree_root_of(invocation_id: str) -> str | None:
@@ -80,13 +144,21 @@ def tree_root_of(invocation_id: str) -> str | None:
     return selectors_detail.tree_root_get(invocation_id)
 
 
-def detail_state(invocation_id: str) -> str:
-    try:
-        context = detail_context(invocation_id)
-    except selectors_detail.InvocationNotFound:
-        return sync_state()
-    parts = [
-        oob(render_to_string(f"invocations/detail.html#{name}", context), element_id)
-        for name, element_id in (("header", "inv-header"), ("tree", "inv-tree"))
-    ]
-    return "".join(parts) + sync_state()
+def tree_changed(invocation_id: str, at: datetime) -> str:
+    """The signal that makes a detail page fetch its header and tree: a few hundred bytes
+    whatever the tree's size. `at` (when the change was announced) tells the server
+    which cached render is recent enough to answer."""
+    context = {"invocation_id": invocation_id, "at_ms": int(at.timestamp() * 1000)}
+    return render_to_string("invocations/detail.html#changed", context)
+
+
+def detail_connect_state(invocation_id: str, rendered: datetime | None) -> str:
+    """On (re)connect: the sync indicator, and the change signal when a step committed
+    after the page was rendered (its broadcast came before this socket listened)."""
+    sync = sync_state_get()
+    state = sync_state(sync)
+    # A failed step may have committed part of its work too (and broadcast it).
+    last_step = max(filter(None, [sync.last_success_at, sync.last_attempt_at]), default=None)
+    if rendered is None or (last_step is not None and last_step >= rendered):
+        state += tree_changed(invocation_id, timezone.now())
+    return state

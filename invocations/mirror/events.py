@@ -10,6 +10,7 @@ their page shows.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
@@ -32,6 +33,20 @@ MAX_LIST_IDS = 1000
 def tree_group(root_id: str) -> str:
     # Channels group names allow [a-zA-Z0-9._-]; Restate ids are inv_ + base62.
     return f"tree.{root_id}"
+
+
+def session_group(session_key: str) -> str:
+    """The group of one browser session's sockets. Hashed: group names allow only ASCII
+    letters, digits, '-', '_' and '.', and the key itself is a credential."""
+    return "session." + hashlib.sha256(session_key.encode()).hexdigest()[:32]
+
+
+def session_ended(session_key: str) -> None:
+    """Tell the sockets of a session that it logged out (they close)."""
+    try:
+        _send(session_group(session_key), {"type": "session.ended"})
+    except Exception:
+        log.warning("could not tell the sockets of a session that it ended", exc_info=True)
 
 
 def _send(group: str, message: dict) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest
+from django.utils import timezone
 
+from invocations.reads.presenters.sync_health import sync_health
 from invocations.reads.selectors.sync_state import sync_state_get
 
 
@@ -13,4 +15,5 @@ def sync_state(request: HttpRequest) -> dict[str, Any]:
     # Signed-out visitors (the login page) learn nothing about the system.
     if not getattr(request, "user", None) or not request.user.is_authenticated:
         return {}
-    return {"sync": sync_state_get()}
+    sync = sync_state_get()
+    return {"sync": sync, "sync_health": sync_health(sync, timezone.now())}

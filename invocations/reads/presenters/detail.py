@@ -3,6 +3,7 @@ built once, so a live update re-renders a partial with the same context the page
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.utils import timezone
@@ -10,12 +11,18 @@ from django.utils import timezone
 from invocations.reads.presenters.invocation import SERVICE_TYPE_LABELS, idempotency_origin
 from invocations.reads.presenters.journal import journal_row
 from invocations.reads.presenters.payloads import input_payload, output_result
-from invocations.reads.presenters.waterfall import tree_view
+from invocations.reads.presenters.waterfall import Expansion, tree_view
 from invocations.reads.selectors import detail as selectors_detail
 
 
-def detail_context(invocation_id: str) -> dict[str, Any]:
-    """Everything the page and each partial need. Raises InvocationNotFound."""
+def detail_context(
+    invocation_id: str, *, expansions: Iterable[Expansion] = (), journal_rows: bool = True
+) -> dict[str, Any]:
+    """Everything the page and each partial need. Raises InvocationNotFound.
+
+    expansions: "show more" rows the reader opened, drawn opened (a live refresh keeps them).
+    journal_rows: False when only the header and the tree are rendered (a live refresh).
+    """
     now = timezone.now()
     inv = selectors_detail.invocation_get(invocation_id)
     journal = selectors_detail.journal_get(inv.id)
@@ -29,6 +36,8 @@ def detail_context(invocation_id: str) -> dict[str, Any]:
     return {
         "inv": inv,
         "now": now,
+        # The page's socket asks for a refresh when a sync step committed after this.
+        "rendered_ms": int(now.timestamp() * 1000),
         "deployment": selectors_detail.deployment_get(inv.pinned_deployment_id),
         "service_type_label": SERVICE_TYPE_LABELS.get(inv.service_type, inv.service_type),
         "idempotency_origin": idempotency_origin(inv),
@@ -36,6 +45,6 @@ def detail_context(invocation_id: str) -> dict[str, Any]:
         "input": input_payload(input_entry),
         "output": output_result(output_entry),
         "journal": journal,
-        "journal_rows": [journal_row(e) for e in journal.entries],
-        "tree": tree_view(inv, now),
+        "journal_rows": [journal_row(e) for e in journal.entries] if journal_rows else [],
+        "tree": tree_view(inv, now, expansions),
     }

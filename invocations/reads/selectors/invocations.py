@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import DurationField, ExpressionWrapper, F, Q, QuerySet
+from django.db.models import BooleanField, Case, DurationField, ExpressionWrapper, F, Q, QuerySet, Value, When
 
 from invocations.mirror.models import Invocation
 from invocations.mirror.status import InvocationStatus
@@ -131,17 +131,29 @@ def invocation_outcome_counts(*, filters: InvocationFilters) -> dict[str, int]:
     return {outcome: base.filter(q)[: STATUS_COUNT_CAP + 1].count() for outcome, q in OUTCOME_Q.items()}
 
 
-def invocation_new_count(*, filters: InvocationFilters, since: datetime | None) -> int:
-    """How many invocations matching `filters` were created after `since` (the newest row a page shows)."""
-    matching = Invocation.objects.filter(filters.q())
-    return matching.filter(created_at__gt=since).count() if since else matching.count()
+# The "N new invocations" banner counts this far, then says "100+": the reader
+# only needs to know that reloading is worth it, and a bounded count stays cheap.
+NEW_COUNT_CAP = 100
 
 
-def invocations_among(
-    *, filters: InvocationFilters, ids: list[str], until: datetime | None, limit: int
-) -> list[Invocation]:
-    """The invocations of `ids` that a page with `filters` (showing rows up to `until`) may show."""
-    rows = Invocation.objects.filter(filters.q(), id__in=ids)
-    if until:
-        rows = rows.filter(created_at__lte=until)
-    return list(rows.order_by("-created_at")[:limit])
+def invocation_new_ids(
+    *, filters: InvocationFilters, since: datetime, among: list[str] | None = None, limit: int = NEW_COUNT_CAP + 1
+) -> set[str]:
+    """Ids (at most `limit`) of invocations matching `filters` created after `since`
+    (the newest row a page shows), optionally only among `among` (what a sync step changed)."""
+    rows = Invocation.objects.filter(filters.q(), created_at__gt=since)
+    if among is not None:
+        rows = rows.filter(id__in=among)
+    return set(rows.values_list("id", flat=True)[:limit])
+
+
+def invocations_among(*, filters: InvocationFilters, ids: list[str]) -> list[tuple[Invocation, bool]]:
+    """The invocations of `ids` (rows a page shows), each with whether it still matches `filters`."""
+    rows = Invocation.objects.filter(id__in=ids)
+    where = filters.q()
+    if not where:  # When() refuses an empty condition; no filter matches everything
+        return [(inv, True) for inv in rows]
+    matched = rows.annotate(
+        matches=Case(When(where, then=Value(True)), default=Value(False), output_field=BooleanField())
+    )
+    return [(inv, inv.matches) for inv in matched]
