@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.utils import timezone
+from playwright.sync_api import expect
 
 from demo import traffic
 from invocations.mirror.sync.engine import SyncEngine
@@ -94,7 +95,8 @@ def test_list_row_changes_status_in_place_and_is_marked_when_it_leaves_the_filte
 
     wait_completed(restate, root)
     sync_until(engine, lambda: Invocation.objects.filter(id=root, status="completed").exists(), "it complete")
-    page.wait_for_function(f"document.querySelector('{row} .status').textContent === 'completed'")
+    # Locator waits, not wait_for_function: the page's CSP forbids the eval that one needs.
+    expect(page.locator(f"{row} .status")).to_have_text("completed")
     assert same_document(page), "the row changed in place, not by a reload"
     text = page.inner_text(row)
     assert "no longer matches the filter" in text, "a status=running list says the row left the filter"
@@ -146,8 +148,8 @@ def test_detail_tree_updates_live_and_keeps_a_collapsed_subtree_and_the_scroll(
     wait_completed(restate, root)
     sync_until(engine, lambda: Invocation.objects.filter(id=child, status="completed").exists(), "the nap complete")
     # The hidden child's row is updated all the same, and the header says so too.
-    page.wait_for_function(f"document.querySelector('#node-{child} .status').textContent === 'completed'")
-    page.wait_for_function("document.querySelector('#inv-header .status').textContent === 'completed'")
+    expect(page.locator(f"#node-{child} .status").first).to_have_text("completed")
+    expect(page.locator("#inv-header .status").first).to_have_text("completed")
     assert same_document(page)
     assert page.evaluate(f"document.getElementById('node-{root}').open") is False, "the subtree stays collapsed"
     # The header above it was replaced (and changed height): the row the reader looks at stays put.

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,8 +18,8 @@ from invocations.reads.presenters.detail import detail_context
 from invocations.reads.presenters.payloads import format_payload
 from invocations.restate import RestateClient, sql_literal
 from tests.conftest import sync_until, wait_for_restate
+from tests.factories import T0, build_invocation, payload_bytes
 
-T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 ROOT = "inv_1rootAAAAAAAAAAAAAAAAAAAAAAAAAA"
 
 
@@ -29,38 +28,12 @@ def iid(name: str) -> str:
 
 
 def inv(inv_id: str, *, parent: str | None = None, root: str | None = ROOT, at: float = 0, **kw: Any) -> Invocation:
-    created = T0 + timedelta(seconds=at)
-    fields: dict[str, Any] = {
-        "id": inv_id,
-        "target": "Greeter/greet",
-        "service_name": "Greeter",
-        "handler_name": "greet",
-        "service_type": "service",
-        "status": "completed",
-        "completion_result": "success",
-        "invoked_by": "service" if parent else "ingress",
-        "parent_id": parent,
-        "root_id": root,
-        "created_at": created,
-        "modified_at": created,
-        "running_at": created,
-        "completed_at": created + timedelta(milliseconds=250),
-        "first_seen_at": created,
-        "synced_at": created,
-    }
-    fields.update(kw)
-    return Invocation(**fields)
+    """A completed (250 ms) Greeter/greet invocation in the tree of ROOT, `at` seconds after T0."""
+    kw.setdefault("retry_count", 0)
+    return build_invocation(id=inv_id, parent=parent, root=root, created_at=T0 + timedelta(seconds=at), **kw)
 
 
-def payload(value: Any) -> list[int]:
-    return list(json.dumps(value).encode())
-
-
-@pytest.fixture
-def client(db: None) -> Client:
-    c = Client()
-    c.force_login(User.objects.create_user("op", password="pw-for-tests-only"))
-    return c
+payload = payload_bytes
 
 
 # ------------------------------------------------------------------ errors

@@ -6,15 +6,11 @@ from django.core.management import call_command
 from django.db.models import F
 
 from invocations.models import Invocation, InvocationEdge
+from tests.factories import create_invocation
 
 
 def test_generates_consistent_trees_and_deletes_only_its_rows(transactional_db: None) -> None:
-    Invocation.objects.create(
-        id="inv_1realAAAAAAAAAAAAAAAAAAAAAAAAAAAA", root_id="inv_1realAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-        target="Greeter/greet", service_name="Greeter", handler_name="greet", service_type="service",
-        status="completed", invoked_by="ingress", created_at="2026-11-22T00:00Z", modified_at="2026-11-22T00:00Z",
-        first_seen_at="2026-11-22T00:00Z", synced_at="2026-11-22T00:00Z",
-    )  # fmt: skip
+    create_invocation(id="inv_1realAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
     call_command("generate_invocations", count=3000, big_tree=500, seed=7, verbosity=0)
     generated = Invocation.objects.filter(id__startswith="inv_1gen")
     assert generated.count() == 3000

@@ -31,32 +31,20 @@ from invocations.live import fragments
 from invocations.live.routing import websocket_urlpatterns
 from invocations.mirror import events
 from invocations.models import Invocation, InvocationEdge, SyncState
+from tests.factories import T0, create_invocation, invocation_id
 from tests.test_detail_page import ROOT as TREE_ROOT
 from tests.test_detail_page import iid, inv
 
-T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def make(n: int, **fields: Any) -> Invocation:
-    created = fields.pop("created_at", T0 + timedelta(seconds=n))
-    inv_id = f"inv_1live{n:04d}AAAAAAAAAAAAAAAAAAAAAAAA"
-    values: dict[str, Any] = {
-        "id": inv_id,
-        "root_id": inv_id,
-        "target": "Greeter/greet",
-        "service_name": "Greeter",
-        "handler_name": "greet",
-        "service_type": "service",
-        "status": "running",
-        "invoked_by": "ingress",
-        "created_at": created,
-        "modified_at": created,
-        "first_seen_at": created,
-        "synced_at": created,
-    }
-    values.update(fields)
-    return Invocation.objects.create(**values)
+    """Running Greeter/greet invocation number `n`, created n seconds after T0."""
+    fields.setdefault("created_at", T0 + timedelta(seconds=n))
+    fields.setdefault("status", "running")
+    fields.setdefault("retry_count", 0)
+    fields.setdefault("id", invocation_id("live", n))
+    return create_invocation(**fields)
 
 
 @dataclass

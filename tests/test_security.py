@@ -26,8 +26,9 @@ from django.utils import timezone
 
 from dashboard.websocket import origin_allowed
 from invocations.live.auth import CLOSE_LOGGED_OUT, CloseAtLogoutMixin
-from invocations.models import Invocation, SyncState
+from invocations.models import SyncState
 from invocations.reads.presenters.errors import redact_addresses
+from tests.factories import create_invocation
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "a-long-test-password"
@@ -210,19 +211,7 @@ def test_a_bad_trusted_origin_stops_startup() -> None:
 def test_every_page_carries_a_csp_and_no_inline_script(user: User) -> None:
     root = "inv_1secAAAAAAAAAAAAAAAAAAAAAAAAAAA"
     now = timezone.now()
-    Invocation.objects.create(
-        id=root,
-        root_id=root,
-        target="Greeter/greet",
-        service_name="Greeter",
-        handler_name="greet",
-        service_type="service",
-        status="running",
-        created_at=now,
-        modified_at=now,
-        first_seen_at=now,
-        synced_at=now,
-    )
+    create_invocation(id=root, status="running", created_at=now)
     anonymous = Client()
     client = Client()
     client.force_login(user)

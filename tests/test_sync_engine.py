@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from django.db import OperationalError, connection
-from django.template.loader import render_to_string
 
+from invocations.live import fragments
 from invocations.mirror import events
 from invocations.mirror.models import Invocation, JournalEntry, SyncState
 from invocations.mirror.sync import engine as engine_module
@@ -172,14 +172,14 @@ def test_snapshots_over_the_cap_are_recorded_as_truncated_and_shown(
     assert state.queues_truncated and not state.locks_truncated
     assert state.snapshots_truncated_at is not None
     assert state.truncated_snapshots == ["queues"]
-    html = render_to_string("invocations/_sync_state.html", {"sync": state})
+    html = fragments.sync_state(state)
     assert "Incomplete: queues" in html
 
     restate.inbox.pop()
     engine.sync_once()
     state = SyncState.load()
     assert not state.queues_truncated and state.truncated_snapshots == []
-    assert "Incomplete" not in render_to_string("invocations/_sync_state.html", {"sync": state})
+    assert "Incomplete" not in fragments.sync_state(state)
 
 
 # ------------------------------------------------------------------ broadcasts
@@ -345,7 +345,7 @@ def test_failing_since_counts_failures_recorded_while_postgresql_was_down(
     assert state.failing_since == T0, "the streak began with the first, unrecorded failure"
     assert state.consecutive_failures == 4
     assert state.expected_interval_s == 4.0
-    html = render_to_string("invocations/_sync_state.html", {"sync": state})
+    html = fragments.sync_state(state)
     assert "4 failures since" in html
 
     # A restarted engine continues the streak it finds instead of starting a new one.

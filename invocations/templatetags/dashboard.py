@@ -27,8 +27,8 @@ def ago(value: datetime | None) -> str:
 @register.simple_tag
 def timestamp(value: datetime | None) -> str:
     """A relative time with the exact UTC time on hover; the browser can localise the data attribute."""
-    if value is None:
-        return ""
+    if not isinstance(value, datetime):
+        return ""  # None, or a name missing from the context (the template engine gives "")
     utc = value.astimezone(UTC)
     iso = utc.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     return format_html(
