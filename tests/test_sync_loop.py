@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from datetime import timedelta
 
 import psycopg
@@ -109,9 +110,17 @@ def test_a_second_engine_stands_by_and_takes_over_when_the_first_dies(
 
         # The first engine's process dies: PostgreSQL ends its session, and the lock with it.
         assert first_lock._conn is not None
+        pid = first_lock._conn.info.backend_pid
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(%s)", [first_lock._conn.info.backend_pid])
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
             assert cursor.fetchone()[0]
+            # pg_terminate_backend only signals: the session (and its lock) ends a moment later.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
+                if cursor.fetchone()[0] == 0:
+                    break
+                time.sleep(0.02)
         assert second.step() is not None, "the standby took over and synced"
         assert not second.standing_by
 
