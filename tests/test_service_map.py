@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -429,6 +430,29 @@ def test_a_map_is_reused_while_its_rollups_and_window_start_are_the_same(
     # The other windows are their own entries.
     presenter.cached(window_key="1d", now=now)
     assert calls[-1] == "1d"
+
+
+def test_concurrent_requests_for_a_window_compute_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def slow_compute(*, window: presenter.Window, now: datetime) -> presenter.Computed:
+        calls.append(window.key)
+        time.sleep(0.3)
+        return presenter.Computed(SUMMARY, presenter.SafeString(""))
+
+    monkeypatch.setattr(presenter, "compute", slow_compute)
+    monkeypatch.setattr(presenter, "rollup_generation", lambda: 1)
+    results: list[presenter.Computed] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(presenter.cached(window_key="7d", now=NOW))) for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["7d"] and len(results) == 6
+    presenter.cached(window_key="1d", now=NOW)  # the other windows are their own entries
+    assert calls == ["7d", "1d"]
 
 
 def test_when_a_map_is_recomputed() -> None:

@@ -285,20 +285,20 @@ def _shared_put(kind: str, key: str, value: bytes) -> None:
 # is the same whatever its counts, so a map redrawn with new counts skips the parse (~30 ms
 # for a dense map). A few per window are plenty.
 _parsed: OrderedDict[str, Drawing] = OrderedDict()
-_parsed_guard = threading.Lock()  # requests may run in threads
+_guard = threading.Lock()  # requests may run in threads: for _parsed and _computing
 PARSED_KEPT = 16
 
 
 def _drawing(nodes: list[GraphNode], edges: list[GraphEdge]) -> Drawing:
     """`draw` through both caches: dot's layout shared by processes, its geometry kept here."""
     source = dot_source(nodes, edges)
-    with _parsed_guard:
+    with _guard:
         known = _parsed.get(source)
         if known is not None:
             _parsed.move_to_end(source)
     if known is None:
         known = draw(nodes, edges, run=layout_of)
-        with _parsed_guard:
+        with _guard:
             _parsed[source] = known
             while len(_parsed) > PARSED_KEPT:
                 _parsed.popitem(last=False)
@@ -424,12 +424,20 @@ def cache_key(window_key: str, now: datetime) -> str:
     return f"{CACHE_PREFIX}{window_key}:{window_start(WINDOWS[window_key].span, now).isoformat()}"
 
 
+# Requests for the same window in one process wait for one computation rather than each
+# starting their own (six at once cost six renders side by side: 1.9 s for the slowest);
+# past WAIT_S they compute anyway.
+_computing: dict[str, threading.Lock] = {}
+WAIT_S = 30.0
+
+
 def cached(*, window_key: str, now: datetime) -> Computed:
     """The map of a window: from this process's cache while the rollups it was computed
     from are current (or changed only moments ago), else computed now.
 
     Bounded either way: a computation sums at most 168 hours of rollups, samples at most
-    PERCENTILE_SAMPLE durations per handler, and reads dot's layout from the shared table.
+    PERCENTILE_SAMPLE durations per handler, and reads dot's layout (and, when another
+    process drew the same map, the drawing) from the shared table.
     """
     window = WINDOWS[window_key]
     generation = rollup_generation()  # first: a refresh committed after it only makes the entry older
@@ -438,9 +446,23 @@ def cached(*, window_key: str, now: datetime) -> Computed:
     if _usable(entry, generation, window):
         assert entry is not None
         return entry
-    fresh = replace(compute(window=window, now=now), generation=generation, stored=time.time())
-    cache.set(key, fresh, timeout=CACHE_TIMEOUT_S)
-    return fresh
+    with _guard:
+        lock = _computing.setdefault(key, threading.Lock())
+    acquired = lock.acquire(timeout=WAIT_S)
+    try:
+        entry = cache.get(key)  # the computation we may have waited for
+        if _usable(entry, generation, window):
+            assert entry is not None
+            return entry
+        fresh = replace(compute(window=window, now=now), generation=generation, stored=time.time())
+        cache.set(key, fresh, timeout=CACHE_TIMEOUT_S)
+        return fresh
+    finally:
+        if acquired:
+            lock.release()
+        with _guard:
+            if len(_computing) > 64:  # one per window start: forget the old hours'
+                _computing.clear()
 
 
 class UnknownWindow(ValueError):
