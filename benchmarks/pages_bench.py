@@ -37,12 +37,17 @@ machine's; every ratio is taken against a baseline measured in the same run.
 
 `--live-only` runs part 4 alone (with `--count` synthetic rows in the table).
 
-5. Service map `/services/?window=1h|1d|7d`: server time cold (cache emptied
-   before each request: aggregate SQL, Graphviz, rendering) and warm (from the
-   per-window cache), median and p95, with the SQL share, the drawing's size,
-   EXPLAIN ANALYZE of its aggregate queries, and six concurrent cold requests
-   for the week (computed once, the others wait). Baseline: the same at
-   `--baseline` invocations. `--only-service-map` runs this part alone.
+5. Service map `/services/?window=1h|1d|7d` (sums of hourly rollups), server time:
+   first ever (nothing cached anywhere: Graphviz runs), cold (this process's cache
+   emptied, as in a fresh web process or after the rollups changed: the sums, the
+   percentile sample, dot's layout read from the shared table, rendering) and warm
+   (from this process's cache), median and p95, with the SQL share, the drawing's
+   size, EXPLAIN ANALYZE of its queries, and six concurrent cold requests for the
+   week. Also the rollups' cost: a full rebuild at this size, and what the sync
+   engine pays for them in a step like the ones under demo traffic (marking the
+   hours it wrote, against the same upserts without), and what recounting the
+   current hour costs at the generated density and at a busy hour's.
+   Baseline: the same at `--baseline` invocations. `--only-service-map` runs this part alone.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -389,9 +395,11 @@ MAP_WINDOWS = ("1h", "1d", "7d")
 
 @dataclass
 class MapTimes:
-    cold: Timed
+    first: Timed  # nothing cached anywhere: dot lays the graph out, the map is rendered
+    redraw: Timed  # the map changed (as under traffic): rendered again, dot's layout from the shared table
+    cold: Timed  # a new process: this process's cache emptied, the drawing from the shared table
     warm: Timed
-    compute_s: list[float]  # the map's own computation in each cold request (SQL, dot, rendering)
+    compute_s: list[float]  # the map's own computation in each cold request
     width: float = 0.0
     height: float = 0.0
     nodes: int = 0  # handlers + the ingress
@@ -400,22 +408,32 @@ class MapTimes:
 
 
 def time_service_map(client: Client, *, cold_reps: int, warm_reps: int) -> dict[str, MapTimes]:
-    """Each window cold (cache emptied first) `cold_reps` times, then warm `warm_reps` times."""
+    """Each window first ever (the shared drawings emptied too) once, redrawn (the shared
+    rendered maps emptied, layouts kept) and cold (this process's cache emptied) `cold_reps`
+    times each, then warm `warm_reps` times."""
     from django.core.cache import cache
+    from django.utils import timezone
 
+    from invocations.mirror.models import DrawingCache
     from invocations.reads.presenters import service_map as presenter
 
     results: dict[str, MapTimes] = {}
     for window in MAP_WINDOWS:
         path = f"/services/?window={window}"
-        cold, warm = Timed(), Timed()
-        compute_s: list[float] = []
-        times = MapTimes(cold, warm, compute_s)
+        times = MapTimes(Timed(), Timed(), Timed(), Timed(), [])
         client.get(path)  # templates compiled, connection open
-        for i in range(cold_reps + warm_reps):
-            if i < cold_reps:
+        plan = [("first", times.first)]
+        plan += [("redraw", times.redraw)] * cold_reps + [("cold", times.cold)] * cold_reps
+        plan += [("warm", times.warm)] * warm_reps
+        for kind, timed in plan:
+            if kind == "first":
+                DrawingCache.objects.all().delete()
+            elif kind == "redraw":
+                DrawingCache.objects.filter(key__startswith="map:").delete()
+            if kind != "warm":
                 cache.clear()
-            timed = cold if i < cold_reps else warm
+            if kind in ("first", "cold"):
+                presenter._parsed.clear()  # a new process has parsed no layout (a redraw in this one has)
             with recording_queries() as queries:
                 t0 = time.perf_counter()
                 response = client.get(path)
@@ -427,9 +445,9 @@ def time_service_map(client: Client, *, cold_reps: int, warm_reps: int) -> dict[
             timed.queries = queries
             timed.size = len(response.content)
             # What this request served (the response has no context outside the test runner).
-            summary = cache.get(presenter.CACHE_PREFIX + window).summary
-            if i < cold_reps:
-                compute_s.append(summary.compute_s)
+            summary = cache.get(presenter.cache_key(window, timezone.now())).summary
+            if kind == "cold":
+                times.compute_s.append(summary.compute_s)
             body = response.content.decode()
             match = re.search(r'<svg class="service-map"[^>]* width="([\d.]+)" height="([\d.]+)"', body)
             if match:
@@ -443,12 +461,14 @@ def time_service_map(client: Client, *, cold_reps: int, warm_reps: int) -> dict[
 
 def concurrent_cold_maps(window: str, clients: int) -> tuple[float, int, list[float]]:
     """`clients` simultaneous cold requests for one window, each in its own thread with its own
-    Client: wall time, how many computations ran, and each request's time."""
+    Client: wall time, how many computations ran, and each request's time. The worst case:
+    nothing cached in this process and no shared drawing (as right after the map changed)."""
     from django.contrib.auth.models import User
     from django.core.cache import cache
     from django.db import connections
     from django.test import Client
 
+    from invocations.mirror.models import DrawingCache
     from invocations.reads.presenters import service_map as presenter
 
     user = User.objects.get(username=USERNAME)
@@ -460,6 +480,8 @@ def concurrent_cold_maps(window: str, clients: int) -> tuple[float, int, list[fl
         return original(**kwargs)
 
     cache.clear()
+    presenter._parsed.clear()
+    DrawingCache.objects.filter(key__startswith="map:").delete()
     barrier = threading.Barrier(clients)
     seconds: list[float] = []
 
@@ -488,27 +510,184 @@ def concurrent_cold_maps(window: str, clients: int) -> tuple[float, int, list[fl
 
 
 def explain_map_queries(timed: Timed) -> list[tuple[str, float, str]]:
-    """EXPLAIN ANALYZE of the map's aggregate queries, as its last cold request ran them
-    (with the work_mem the selector sets for them)."""
-    from django.db import connection, transaction
-
-    from invocations.reads.selectors.service_map import AGGREGATE_WORK_MEM
-
+    """EXPLAIN ANALYZE of the map's aggregate queries (rollup sums, percentile sample), as
+    its last cold request ran them."""
     aggregates = [q for q in timed.queries if "GROUP BY" in q.sql.upper()]
-    out = []
-    for q in aggregates:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SELECT set_config('work_mem', %s, true)", [AGGREGATE_WORK_MEM])
-            seconds, plan = explain(q)
-        out.append((short_sql(q.sql, 90), seconds, plan))
-    return out
+    return [(short_sql(q.sql, 90), *explain(q)) for q in aggregates]
+
+
+@dataclass
+class RollupCosts:
+    rebuild_s: list[float]  # a full rebuild of every hour
+    hours: int  # hours it counted
+    step_rows: tuple[int, int, int]  # per simulated sync step: new invocations, updated, new edges
+    step_plain_s: list[float]  # the step's writes with the hour marking switched off
+    step_marked_s: list[float]  # the same writes, marking the hours they wrote (what the engine does)
+    refresh_s: list[float]  # recounting the dirty hours after a step, at the generated density
+    hour_rows: int  # invocations in the current hour then
+    busy_rows: int  # invocations in the current hour for the busy measurement
+    busy_refresh_s: list[float]
+
+
+def _invocation(inv_id: str, *, created: datetime, now: datetime, parent: str | None = None) -> Any:
+    from invocations.mirror.models import Invocation
+
+    return Invocation(
+        id=inv_id,
+        target="Greeter/greet",
+        service_name="Greeter",
+        handler_name="greet",
+        service_type="service",
+        status="running",
+        invoked_by="service" if parent else "ingress",
+        parent_id=parent,
+        root_id=None if parent else inv_id,
+        journal_size=2,
+        retry_count=1,
+        created_at=created,
+        modified_at=created,
+        running_at=created,
+        first_seen_at=now,
+        synced_at=now,
+    )
+
+
+def measure_rollup_costs(*, steps: int = 40, busy_rows: int = 100_000) -> RollupCosts:
+    """What the rollups cost: a rebuild at this size; the sync engine's writes of a step like
+    the ones under demo traffic (README: ~10 patterns/s, a step every ~0.7 s: about 40 new
+    invocations, 60 updated, 30 new edges) through its own code, with and without marking the
+    hours they wrote; recounting the dirty hours after each step; and recounting a busy hour
+    (`busy_rows` invocations, ~8 patterns/s for an hour), added for the measurement and removed."""
+    from unittest import mock
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from invocations.mirror import rollups
+    from invocations.mirror.models import Invocation, InvocationEdge
+    from invocations.mirror.sync.engine import SyncEngine
+
+    progress("service map rollups: rebuild, sync steps with and without marking, refresh")
+    rebuilt = [rollups.rebuild() for _ in range(2)]
+    engine = SyncEngine(client=None)  # type: ignore[arg-type]  # only its writes are used
+    new_n, upd_n, edge_n = 40, 60, 30
+    serial = iter(range(10**9))
+    recent: list[Any] = []
+    plain: list[float] = []
+    marked: list[float] = []
+    refresh: list[float] = []
+
+    def one_step() -> float:
+        now = timezone.now()
+        new = [_invocation(f"inv_1step{next(serial):029d}", created=now, now=now) for _ in range(new_n)]
+        updated = recent[-upd_n:]
+        for inv in updated:
+            inv.status, inv.completion_result = "completed", "success"
+            inv.completed_at = inv.modified_at = now
+        edges = [
+            InvocationEdge(
+                caller_id=caller.id,
+                caller_service=caller.service_name,
+                caller_handler=caller.handler_name,
+                journal_index=2 + k,
+                kind="call",
+                target_service="Greeter",
+                target_handler="greet",
+                created_at=now,
+            )
+            for k, caller in enumerate(new[:edge_n])
+        ]
+        t0 = time.perf_counter()
+        engine._upsert_invocations(new + updated)
+        engine._write_journals([], edges, [], {})
+        elapsed = time.perf_counter() - t0
+        recent[:] = recent[-200:] + new
+        return elapsed
+
+    rollups.refresh_dirty()
+    order = random.Random(1)
+    for _ in range(steps):
+        # A pair of steps in random order, then the recount a worker would do after them.
+        for marking in order.sample([True, False], 2):
+            if marking:
+                marked.append(one_step())
+            else:
+                with mock.patch.object(rollups, "mark_dirty", lambda times: 0):
+                    plain.append(one_step())
+        t0 = time.perf_counter()
+        rollups.refresh_dirty()
+        refresh.append(time.perf_counter() - t0)
+    hour = rollups.hour_of(timezone.now())
+    hour_rows = Invocation.objects.filter(created_at__gte=hour).count()
+
+    # A busy current hour: copies of generated rows, spread over the part of the hour gone by.
+    inv_table, edge_table = Invocation._meta.db_table, InvocationEdge._meta.db_table
+    inv_cols = [f.column for f in Invocation._meta.local_concrete_fields]
+    edge_cols = [f.column for f in InvocationEdge._meta.local_concrete_fields if f.column]
+    spread = "%(hour)s::timestamptz + (n::float8 / %(rows)s) * (clock_timestamp() - %(hour)s::timestamptz)"
+    inv_select = [
+        "'inv_1busy' || lpad(n::text, 29, '0')" if c == "id" else spread if c == "created_at" else f"s.{c}"
+        for c in inv_cols
+    ]
+    edge_select = [
+        "'inv_1busy' || lpad(n::text, 29, '0')" if c == "caller_id" else spread if c == "created_at" else f"e.{c}"
+        for c in edge_cols
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {inv_table} ({', '.join(inv_cols)}) SELECT {', '.join(inv_select)} FROM "
+            f"(SELECT *, row_number() OVER () AS n FROM {inv_table} WHERE id LIKE 'inv\\_1gen%%' LIMIT %(rows)s) s",
+            {"hour": hour, "rows": busy_rows},
+        )
+        cursor.execute(
+            f"INSERT INTO {edge_table} ({', '.join(edge_cols)}) SELECT {', '.join(edge_select)} FROM "
+            f"(SELECT *, row_number() OVER () AS n FROM {edge_table} LIMIT %(edges)s) e",
+            {"hour": hour, "rows": busy_rows, "edges": busy_rows * 7 // 10},
+        )
+        cursor.execute(f"ANALYZE {inv_table}")
+    busy = Invocation.objects.filter(created_at__gte=hour).count()
+    busy_refresh: list[float] = []
+    for _ in range(5):
+        rollups.mark_dirty([hour])
+        t0 = time.perf_counter()
+        rollups.refresh_dirty()
+        busy_refresh.append(time.perf_counter() - t0)
+    with connection.cursor() as cursor:
+        ours = [r"inv\_1busy%", r"inv\_1step%"]
+        cursor.execute(f"DELETE FROM {edge_table} WHERE caller_id LIKE %s OR caller_id LIKE %s", ours)
+        cursor.execute(f"DELETE FROM {inv_table} WHERE id LIKE %s OR id LIKE %s", ours)
+    rollups.mark_dirty([hour])
+    rollups.refresh_dirty()
+    return RollupCosts(
+        rebuild_s=[r.seconds for r in rebuilt],
+        hours=rebuilt[-1].hours,
+        step_rows=(new_n, upd_n, edge_n),
+        step_plain_s=plain,
+        step_marked_s=marked,
+        refresh_s=refresh,
+        hour_rows=hour_rows,
+        busy_rows=busy,
+        busy_refresh_s=busy_refresh,
+    )
 
 
 def report_service_map(
-    big: dict[str, MapTimes], base: dict[str, MapTimes], *, scale: str, base_scale: str, explained: Any, concurrent: Any
+    big: dict[str, MapTimes],
+    base: dict[str, MapTimes],
+    *,
+    scale: str,
+    base_scale: str,
+    explained: Any,
+    concurrent: Any,
+    costs: RollupCosts,
+    generated_rollup_s: float,
 ) -> list[list[str]]:
     """Print section 5; return the summary rows."""
-    say(f"\n5. Service map /services/ at {scale} invocations, server time (ms); cold = cache emptied first")
+    say(
+        f"\n5. Service map /services/ at {scale} invocations, server time (ms); first = nothing cached anywhere "
+        "(dot runs); redraw = the map changed (rendered again, layout shared); cold = a new process (drawing "
+        "shared); warm = this process's cache"
+    )
     rows = []
     for window in MAP_WINDOWS:
         t, b = big[window], base[window]
@@ -519,6 +698,9 @@ def report_service_map(
                 f"{t.nodes} / {t.edges}",
                 f"{t.width:.0f} x {t.height:.0f}",
                 t.cold.size // 1024,
+                ms(t.first.median),
+                ms(t.redraw.median),
+                ms(t.redraw.p95),
                 ms(t.cold.median),
                 ms(t.cold.p95),
                 f"{t.cold.sql_share:.0%}",
@@ -526,7 +708,6 @@ def report_service_map(
                 ms(t.warm.p95),
                 ms(b.cold.median),
                 f"{t.cold.median / b.cold.median:.1f}x",
-                f"{t.warm.median / b.warm.median:.1f}x",
             ]
         )
     say(
@@ -537,6 +718,9 @@ def report_service_map(
                 "nodes / edges",
                 "SVG px",
                 "KiB",
+                "first",
+                "redraw median",
+                "redraw p95",
                 "cold median",
                 "cold p95",
                 "cold SQL",
@@ -544,7 +728,6 @@ def report_service_map(
                 "warm p95",
                 f"cold @{base_scale}",
                 f"cold {scale}/{base_scale}",
-                f"warm {scale}/{base_scale}",
             ],
             rows,
         )
@@ -554,16 +737,47 @@ def report_service_map(
         say(f"   {ms(seconds)} ms  {sql}\n       {plan}")
     wall, computations, seconds = concurrent
     say(
-        f"   {len(seconds)} concurrent cold requests for the week: {wall:.2f} s wall, {computations} computation(s), "
-        f"slowest request {max(seconds):.2f} s"
+        f"   {len(seconds)} concurrent requests for the week, none cached, drawing not shared: {wall:.2f} s wall, "
+        f"{computations} computation(s), "
+        f"slowest request {ms(max(seconds))} ms"
+    )
+    c = costs
+    new_n, upd_n, edge_n = c.step_rows
+    added = statistics.median(c.step_marked_s) - statistics.median(c.step_plain_s)
+    say(
+        f"   Rollups: rebuilding all {c.hours:,} hours {' / '.join(f'{x:.2f}' for x in c.rebuild_s)} s "
+        f"(in generate_invocations: {generated_rollup_s:.2f} s)"
+    )
+    say(
+        f"   A sync step's writes ({new_n} new invocations, {upd_n} updated, {edge_n} new edges), median of "
+        f"{len(c.step_plain_s)}: {ms(statistics.median(c.step_plain_s))} ms without marking hours, "
+        f"{ms(statistics.median(c.step_marked_s))} ms with (added {ms(added)} ms); "
+        f"recounting the dirty hours after it ({c.hour_rows:,} invocations in the current hour): "
+        f"median {ms(statistics.median(c.refresh_s))} ms, p95 {ms(quantile(c.refresh_s, 0.95))} ms"
+    )
+    say(
+        f"   Recounting a busy current hour ({c.busy_rows:,} invocations): median "
+        f"{ms(statistics.median(c.busy_refresh_s))} ms, max {ms(max(c.busy_refresh_s))} ms"
     )
     return [
         [
-            f"service map @{scale}, {w}: cold median / warm median / warm p95 (ms)",
-            f"{ms(big[w].cold.median)} / {ms(big[w].warm.median)} / {ms(big[w].warm.p95)}",
+            f"service map @{scale}, {w}: first / redraw / cold / warm median (ms)",
+            f"{ms(big[w].first.median)} / {ms(big[w].redraw.median)} / {ms(big[w].cold.median)} / "
+            f"{ms(big[w].warm.median)}",
         ]
         for w in MAP_WINDOWS
-    ] + [[f"service map, {len(seconds)} concurrent cold 7-day requests: wall (s)", f"{wall:.2f}"]]
+    ] + [
+        [f"service map, {len(seconds)} concurrent cold 7-day requests: wall (s)", f"{wall:.2f}"],
+        [f"rollup rebuild, {c.hours:,} hours @{scale} (s)", f"{min(c.rebuild_s):.2f}"],
+        [
+            "sync step: added by marking hours / refresh after it, median (ms)",
+            f"{ms(added)} / {ms(statistics.median(c.refresh_s))}",
+        ],
+        [
+            f"refresh of a busy hour ({short_count(c.busy_rows)} invocations), median (ms)",
+            ms(statistics.median(c.busy_refresh_s)),
+        ],
+    ]
 
 
 def measure_service_map(client: Client, args: argparse.Namespace) -> dict[str, MapTimes]:
@@ -584,9 +798,17 @@ def service_map_only(client: Client, args: argparse.Namespace, started: float) -
     )
     big_map = measure_service_map(client, args)
     explained, concurrent = service_map_extras()
+    costs = measure_rollup_costs()
     scale, base_scale = short_count(big.invocations), short_count(small.invocations)
     summary = report_service_map(
-        big_map, base_map, scale=scale, base_scale=base_scale, explained=explained, concurrent=concurrent
+        big_map,
+        base_map,
+        scale=scale,
+        base_scale=base_scale,
+        explained=explained,
+        concurrent=concurrent,
+        costs=costs,
+        generated_rollup_s=big.rollup_seconds,
     )
     summary.append(["benchmark runtime", f"{time.monotonic() - started:.0f} s"])
     say("\nSummary")
@@ -1351,8 +1573,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         big_map = measure_service_map(client, args)
         explained, concurrent = service_map_extras()
+        costs = measure_rollup_costs()
         map_summary = report_service_map(
-            big_map, base_map, scale=scale, base_scale=base_scale, explained=explained, concurrent=concurrent
+            big_map,
+            base_map,
+            scale=scale,
+            base_scale=base_scale,
+            explained=explained,
+            concurrent=concurrent,
+            costs=costs,
+            generated_rollup_s=big.rollup_seconds,
         )
 
         live: LiveResult | None = None

@@ -154,7 +154,7 @@ def ensure_running_again_soon(*, min_interval_s: float = 5.0, data_dir: Path | N
             ensure_running_again(data_dir)
         except EmbeddedPostgresError as exc:
             log.warning("%s", exc)
-        except Exception:  # noqa: BLE001 - a background attempt must never die loudly; the next request retries
+        except Exception:  # a background attempt must never die loudly; the next request retries
             # e.g. pgserver's inter-process lock is not thread-safe, and another thread of this
             # process may be inside it (joining or leaving the server) at the same moment.
             log.warning("could not start the embedded PostgreSQL again; the next request retries", exc_info=True)

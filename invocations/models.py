@@ -2,26 +2,38 @@
 
 from invocations.mirror.models import (
     Deployment,
+    DrawingCache,
     EdgeKind,
     Invocation,
     InvocationEdge,
     JournalEntry,
     ObjectLock,
     QueuedInvocation,
+    RollupDirtyHour,
+    RollupState,
     Service,
+    ServiceMapEdgeHour,
+    ServiceMapHour,
+    ServiceMapPair,
     SyncState,
     WorkflowPromise,
 )
 
 __all__ = [
     "Deployment",
+    "DrawingCache",
     "EdgeKind",
     "Invocation",
     "InvocationEdge",
     "JournalEntry",
     "ObjectLock",
     "QueuedInvocation",
+    "RollupDirtyHour",
+    "RollupState",
     "Service",
+    "ServiceMapEdgeHour",
+    "ServiceMapHour",
+    "ServiceMapPair",
     "SyncState",
     "WorkflowPromise",
 ]

@@ -95,6 +95,8 @@ def build_edge(
     parts = target.split("/")
     return InvocationEdge(
         caller_id=caller.id,
+        caller_service=caller.service_name,
+        caller_handler=caller.handler_name,
         journal_index=next(_serial) if journal_index is None else journal_index,
         callee_id=callee.id if callee is not None else None,
         kind=kind,

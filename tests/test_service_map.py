@@ -22,7 +22,8 @@ from django.utils import timezone
 
 from invocations.graph import layout
 from invocations.graph.layout import DrawingError, GraphEdge, GraphNode, PlacedEdge, PlacedNode, draw
-from invocations.models import Invocation, InvocationEdge
+from invocations.mirror import rollups
+from invocations.models import DrawingCache, Invocation, InvocationEdge, RollupDirtyHour
 from invocations.reads.presenters import service_map as presenter
 from invocations.reads.selectors import service_map as selector
 from invocations.reads.selectors.service_map import INGRESS, ServiceMap, service_map_get
@@ -73,6 +74,8 @@ def edge(
     service, handler = target.split("/")
     return InvocationEdge(
         caller_id=caller.id,
+        caller_service=caller.service_name,
+        caller_handler=caller.handler_name,
         journal_index=next(_seq),
         callee_id=callee.id if callee else None,
         kind=kind,
@@ -88,14 +91,19 @@ def save(*rows: Invocation | InvocationEdge | Iterable[Invocation | InvocationEd
         flat.extend(r if isinstance(r, list | tuple) else [r])  # type: ignore[arg-type]
     Invocation.objects.bulk_create([r for r in flat if isinstance(r, Invocation)])
     InvocationEdge.objects.bulk_create([r for r in flat if isinstance(r, InvocationEdge)])
+    # As the sync engine does: the hours of what was written are marked, then counted again.
+    rollups.mark_dirty(r.created_at for r in flat)
+    rollups.refresh_dirty()
 
 
 @pytest.fixture(autouse=True)
 def empty_cache() -> Iterator[None]:
-    # The map is cached per window for a minute: each test starts from its own data.
+    # The map is cached per window, its geometry per shape: each test starts from its own data.
     cache.clear()
+    presenter._parsed.clear()
     yield
     cache.clear()
+    presenter._parsed.clear()
 
 
 def edge_counts(smap: ServiceMap) -> dict[tuple[str, str], dict[str, int]]:
@@ -242,6 +250,26 @@ def test_window_excludes_older_invocations_and_edges(db: None) -> None:
     assert edge_counts(day)[("Alpha/hop", "Beta/hop")] == {"call": 1}
 
 
+def test_windows_start_on_the_hour(db: None) -> None:
+    now = NOW + timedelta(minutes=20)  # 12:20
+    save(
+        inv("Alpha/hop", ms=1, created=datetime(2026, 11, 22, 11, 0, tzinfo=UTC)),  # the first instant counted
+        inv("Beta/hop", ms=1, created=datetime(2026, 11, 22, 10, 59, 59, 999999, tzinfo=UTC)),
+    )
+    hour = service_map_get(window=HOUR, now=now)
+    assert hour.since == datetime(2026, 11, 22, 11, 0, tzinfo=UTC)
+    assert [n.id for n in hour.handlers] == ["Alpha/hop"]
+    assert selector.window_start(timedelta(days=7), now) == datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
+    summary = replace(SUMMARY, since=hour.since, computed_at=now)
+    assert summary.since_label == "11:00 UTC"
+    assert replace(summary, since=datetime(2026, 11, 15, 12, 0, tzinfo=UTC)).since_label == "Nov 15, 12:00 UTC"
+    # Rows written behind the engine's back show once their hour is counted again.
+    Invocation.objects.bulk_create([inv("Gamma/hop", ms=1, created=now - timedelta(minutes=1))])
+    assert "Gamma/hop" not in {n.id for n in service_map_get(window=HOUR, now=now).nodes}
+    rollups.rebuild()
+    assert "Gamma/hop" in {n.id for n in service_map_get(window=HOUR, now=now).nodes}
+
+
 def test_cross_calls_are_two_edges_drawn_apart(db: None) -> None:
     a = inv("Alpha/hop")
     b = inv("Beta/hop", parent=a)
@@ -351,21 +379,69 @@ def test_placed_edge_label_box() -> None:
     assert (e.label_left, e.label_top, e.loop) == (35, 12, True)
 
 
-# ---------------------------------------------------------------- the cache
+# ---------------------------------------------------------------- the caches
 
 SUMMARY = presenter.Summary(NOW - HOUR, NOW, invocations=0, handlers=0, ingress_roots=0, edges=0, compute_s=0.0)
 
 
-def test_concurrent_requests_for_a_window_compute_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[float] = []
+def counting_compute(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    original = presenter.compute
 
-    def slow_compute(**kwargs: object) -> presenter.Computed:
-        calls.append(time.monotonic())
+    def compute(*, window: presenter.Window, now: datetime) -> presenter.Computed:
+        calls.append(window.key)
+        return original(window=window, now=now)
+
+    monkeypatch.setattr(presenter, "compute", compute)
+    return calls
+
+
+def counting_dot(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    sources: list[str] = []
+    original = presenter.run_dot
+
+    def run_dot(source: str) -> dict:
+        sources.append(source)
+        return original(source)
+
+    monkeypatch.setattr(presenter, "run_dot", run_dot)
+    return sources
+
+
+def test_a_map_is_reused_while_its_rollups_and_window_start_are_the_same(
+    db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = counting_compute(monkeypatch)
+    monkeypatch.setitem(presenter.WINDOWS, "1h", replace(presenter.WINDOWS["1h"], fresh_s=0.0))
+    now = timezone.now()
+    a = inv("Alpha/hop", ms=5, created=now - timedelta(minutes=1))
+    save(a)
+    first = presenter.cached(window_key="1h", now=now)
+    assert presenter.cached(window_key="1h", now=now) is not None and calls == ["1h"], "same generation"
+    assert first.summary.invocations == 1
+
+    # The rollups change: the next request counts again, at once (fresh_s is 0 here).
+    save(inv("Alpha/hop", ms=5, created=now - timedelta(minutes=1)))
+    second = presenter.cached(window_key="1h", now=now)
+    assert calls == ["1h", "1h"] and second.summary.invocations == 2
+    # The window moves to the next hour: a map of its own.
+    presenter.cached(window_key="1h", now=now + HOUR)
+    assert len(calls) == 3
+    # The other windows are their own entries.
+    presenter.cached(window_key="1d", now=now)
+    assert calls[-1] == "1d"
+
+
+def test_concurrent_requests_for_a_window_compute_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def slow_compute(*, window: presenter.Window, now: datetime) -> presenter.Computed:
+        calls.append(window.key)
         time.sleep(0.3)
         return presenter.Computed(SUMMARY, presenter.SafeString(""))
 
     monkeypatch.setattr(presenter, "compute", slow_compute)
-    monkeypatch.setattr(presenter, "data_version", lambda: (NOW, None))
+    monkeypatch.setattr(presenter, "rollup_generation", lambda: 1)
     results: list[presenter.Computed] = []
     threads = [
         threading.Thread(target=lambda: results.append(presenter.cached(window_key="7d", now=NOW))) for _ in range(6)
@@ -374,67 +450,80 @@ def test_concurrent_requests_for_a_window_compute_once(monkeypatch: pytest.Monke
         t.start()
     for t in threads:
         t.join()
-    assert len(calls) == 1 and len(results) == 6
-    # The other windows are their own entries.
-    presenter.cached(window_key="1d", now=NOW)
-    assert len(calls) == 2
-
-
-def test_a_stale_map_is_served_at_once_and_recomputed_behind_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    window = presenter.WINDOWS["1h"]
-    key = presenter.CACHE_PREFIX + "1h"
-    old = presenter.Computed(
-        SUMMARY, presenter.SafeString("old"), version=(NOW, None), stored=time.time() - window.fresh_s - 1
-    )
-    monkeypatch.setattr(presenter, "data_version", lambda: (NOW + HOUR, None))  # the data changed
-    computing = threading.Event()
-    release = threading.Event()
-
-    def slow_compute(**kwargs: object) -> presenter.Computed:
-        computing.set()
-        release.wait(10)
-        return presenter.Computed(SUMMARY, presenter.SafeString("new"))
-
-    monkeypatch.setattr(presenter, "compute", slow_compute)
-    cache.set(key, old)
-    assert presenter.cached(window_key="1h", now=NOW).html == "old"  # at once: the recomputation is behind it
-    assert computing.wait(10)
-    assert presenter.cached(window_key="1h", now=NOW).html == "old"  # one recomputation, not a second
-    release.set()
-    presenter._refreshing[key].join(10)
-    assert presenter.cached(window_key="1h", now=NOW).html == "new"
-
-
-def test_a_failed_recomputation_keeps_the_previous_map(monkeypatch: pytest.MonkeyPatch) -> None:
-    key = presenter.CACHE_PREFIX + "1d"
-    old = presenter.Computed(SUMMARY, presenter.SafeString("old"), version=(), stored=time.time() - 1000)
-    cache.set(key, old)
-    monkeypatch.setattr(presenter, "data_version", lambda: (NOW, None))
-
-    def broken(**kwargs: object) -> presenter.Computed:
-        raise RuntimeError("PostgreSQL went away")
-
-    monkeypatch.setattr(presenter, "compute", broken)
-    assert presenter.cached(window_key="1d", now=NOW).html == "old"
-    presenter._refreshing[key].join(10)
-    assert not presenter._lock(key).locked(), "the next reader may try again"
-    assert presenter.cached(window_key="1d", now=NOW).html == "old"
+    assert calls == ["7d"] and len(results) == 6
+    presenter.cached(window_key="1d", now=NOW)  # the other windows are their own entries
+    assert calls == ["7d", "1d"]
 
 
 def test_when_a_map_is_recomputed() -> None:
-    entry = presenter.Computed(SUMMARY, presenter.SafeString(""))
+    entry = presenter.Computed(SUMMARY, presenter.SafeString(""), generation=7)
     hour, week = presenter.WINDOWS["1h"], presenter.WINDOWS["7d"]
     now = time.time()
 
-    def aged(version: tuple, seconds: float) -> presenter.Computed:
-        return replace(entry, version=version, stored=now - seconds)
+    def aged(generation: int, seconds: float) -> presenter.Computed:
+        return replace(entry, generation=generation, stored=now - seconds)
 
-    assert presenter._usable(aged((1,), 1), (2,), hour), "young enough, even though the data changed"
-    assert not presenter._usable(aged((1,), hour.fresh_s + 1), (2,), hour)
-    assert presenter._usable(aged((1,), hour.fresh_s + 1), (1,), hour), "the data did not change"
-    assert not presenter._usable(aged((1,), hour.fresh_s * presenter.UNCHANGED_FACTOR + 1), (1,), hour)
-    assert presenter._usable(aged((1,), hour.fresh_s + 1), (2,), week), "a week's map lives longer"
-    assert not presenter._usable(None, (1,), hour)
+    assert presenter._usable(aged(7, 10_000), 7, hour), "the rollups did not change: exact however old"
+    assert presenter._usable(aged(6, 1), 7, hour), "changed a moment ago: reused a little longer"
+    assert not presenter._usable(aged(6, hour.fresh_s + 1), 7, hour)
+    assert presenter._usable(aged(6, hour.fresh_s + 1), 7, week), "a week's map lives longer"
+    assert not presenter._usable(None, 7, hour)
+
+
+def test_dot_lays_out_a_graph_shape_once_for_every_process(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    dot = counting_dot(monkeypatch)
+    a, b = inv("Alpha/hop", ms=5), inv("Alpha/hop", ms=5)
+    child = inv("Beta/hop", ms=5, parent=a)
+    save(a, b, child, edge(a, child, "call", "Beta/hop"))
+    first = presenter.map_view(window=HOUR, now=NOW)
+    assert first.drawn and len(dot) == 1
+    assert DrawingCache.objects.filter(key__startswith="layout:").count() == 1
+
+    # Another process (nothing in this one's memory): the layout comes from the shared table.
+    cache.clear()
+    again = presenter.map_view(window=HOUR, now=NOW)
+    assert len(dot) == 1 and [e.route for e in again.edges] == [e.route for e in first.edges]
+
+    # Counts change but not their width: the same layout, the new counts in the labels.
+    more = inv("Beta/hop", ms=5, parent=b)
+    save(more, edge(b, more, "call", "Beta/hop"))
+    changed = presenter.map_view(window=HOUR, now=NOW)
+    assert len(dot) == 1
+    assert {e.label for e in changed.edges} == {f"call {X}2", f"{X}2"}
+    # A count that gains a digit, or a new pair, is a shape dot has not seen.
+    kids = [inv("Beta/hop", ms=5, parent=a) for _ in range(8)]
+    save(kids, [edge(a, k, "call", "Beta/hop") for k in kids])
+    assert {e.label for e in presenter.map_view(window=HOUR, now=NOW).edges} == {f"call {X}10", f"{X}2"}
+    assert len(dot) == 2
+    assert all("10" not in line for line in dot[-1].splitlines() if "label" in line), "digits zeroed"
+
+
+def test_a_drawing_rendered_once_is_shared_by_every_process(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    recent_tree()
+    dot = counting_dot(monkeypatch)
+    first = client.get("/services/").context["drawing_html"]
+    assert "<svg" in first and len(dot) == 1 and DrawingCache.objects.filter(key__startswith="map:").count() == 1
+    # Another process, same rollups: neither dot nor the template runs; the same drawing.
+    cache.clear()
+    rendered: list[object] = []
+    original_view = presenter._view
+    monkeypatch.setattr(presenter, "_view", lambda smap: rendered.append(smap) or original_view(smap))
+    response = client.get("/services/")
+    assert response.context["drawing_html"] == first and not rendered and len(dot) == 1
+    assert not response.context["summary"].drawn_here
+    # What it shows changes: drawn again (the layout still shared: same shape).
+    root = inv("Orchestrator/call_all", ms=40, created=timezone.now() - timedelta(minutes=5))
+    save(root)
+    cache.clear()
+    assert "3 invocations of 2 handlers" in client.get("/services/").content.decode()
+    assert len(rendered) == 1 and len(dot) == 1
+
+
+def test_the_shared_drawings_are_bounded(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(presenter.KEPT, "layout", 2)
+    for n in range(1, 4):
+        presenter.layout_of(f"digraph G {{ {' -> '.join(f'n{i}' for i in range(n + 1))} }}")
+    assert DrawingCache.objects.filter(key__startswith="layout:").count() == 2
 
 
 # ---------------------------------------------------------------- the page
@@ -507,6 +596,60 @@ def test_page_draws_nodes_and_edges_with_filter_links(client: Client) -> None:
     assert 'href="?window=7d" hx-get="?window=7d"' in body
 
 
+def test_the_list_counts_what_the_map_counted_through_every_link(client: Client) -> None:
+    now = timezone.now()
+    at = now - timedelta(minutes=5)
+    a = inv("Orchestrator/call_all", ms=40, created=at)
+    b = inv("Orchestrator/call_all", ms=40, failed=True, created=at)
+    called = [inv("Greeter/greet", ms=4, parent=a, created=at) for _ in range(3)]
+    sent = inv("Greeter/greet", parent=a, created=at)  # still running
+    delayed = inv("Counter/add", parent=b, created=at)
+    by_b = inv("Greeter/greet", ms=4, failed=True, parent=b, created=at)
+    save(
+        a,
+        b,
+        called,
+        sent,
+        delayed,
+        by_b,
+        [edge(a, c, "call", "Greeter/greet") for c in called],
+        edge(a, sent, "send", "Greeter/greet"),
+        edge(b, delayed, "delayed_send", "Counter/add"),
+        edge(b, by_b, "call", "Greeter/greet"),
+        inv("Greeter/greet", ms=4, created=now - timedelta(days=2)),  # outside every window but the week
+    )
+    for window in ("1h", "1d", "7d"):
+        response = client.get("/services/", {"window": window})
+        body = unescape(response.content.decode())
+        summary = response.context["summary"]
+        view = presenter.map_view(window=presenter.WINDOWS[window].span, now=summary.computed_at)
+        assert view.smap.since == summary.since and summary.since.minute == 0
+        assert f'datetime="{summary.since.isoformat()}">{summary.since_label}</time>' in body
+        expected: list[tuple[str, int]] = [(n.href, n.node.stats.invocations) for n in view.nodes]
+        expected += [(p.href, int(p.text.split(X)[1])) for e in view.edges for p in e.parts]
+        expected += [(e.href, e.edge.total) for e in view.edges]
+        assert len(expected) >= 10
+        for href, count in expected:
+            assert href in body, href
+            listed = client.get(href)
+            assert listed.status_code == 200 and listed.context["total"] == count, (window, href, count)
+        assert summary.invocations == Invocation.objects.filter(created_at__gte=summary.since).count()
+
+
+def test_hours_left_uncounted_are_said_on_the_page(client: Client) -> None:
+    recent_tree()
+    body = client.get("/services/").content.decode()
+    assert "not been counted again yet" not in body
+    now = timezone.now()
+    rollups.mark_dirty([now])
+    assert "not been counted again yet" not in client.get("/services/").content.decode(), "a moment is normal"
+    RollupDirtyHour.objects.update(marked_at=now - timedelta(minutes=5))
+    body = client.get("/services/").content.decode()
+    assert "1 hour of this window changed since" in body and "manage.py refresh_rollups" in body
+    rollups.refresh_dirty()
+    assert "not been counted again yet" not in client.get("/services/").content.decode()
+
+
 def test_svg_links_have_accessible_names(client: Client) -> None:
     recent_tree()
     body = client.get("/services/").content.decode()
@@ -556,6 +699,8 @@ def test_without_graphviz_the_page_lists_the_map_as_tables(client: Client, monke
     assert "could not be drawn: Graphviz is not installed" in body
     assert '<details class="map-table" open>' in body
     assert re.search(rf"Orchestrator/call_all</td><td>Greeter/greet</td><td><a href=\"[^\"]+\">call {X}1</a>", body)
+    # Not shared: once dot is back, the next process draws the map.
+    assert not DrawingCache.objects.filter(key__startswith="map:").exists()
 
 
 def test_a_second_request_is_served_from_the_cache(client: Client, django_assert_max_num_queries: object) -> None:
@@ -578,6 +723,7 @@ def test_map_of_the_demo_shows_calls_and_the_cross_deadlock_cycle(engine: object
     traffic.fire_cross_deadlock(restate)  # type: ignore[arg-type]
 
     def edges_now() -> dict[tuple[str, str], dict[str, int]]:
+        rollups.refresh_dirty()  # what the rollup worker does after the sync's steps
         return edge_counts(service_map_get(window=HOUR, now=timezone.now()))
 
     wanted = {

@@ -19,7 +19,7 @@ import json
 import math
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,9 +214,17 @@ def _bezier_middle(points: list[tuple[float, float]]) -> tuple[float, float]:
     return x, y
 
 
-def draw(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], *, timeout: float = DOT_TIMEOUT_S) -> Drawing:
+def draw(
+    nodes: Sequence[GraphNode],
+    edges: Sequence[GraphEdge],
+    *,
+    timeout: float = DOT_TIMEOUT_S,
+    run: Callable[[str], dict[str, Any]] | None = None,
+) -> Drawing:
     """Lay the graph out left to right with dot; edges between the same two nodes, both ways
-    (A -> B -> A) and self-loops each get a path of their own."""
+    (A -> B -> A) and self-loops each get a path of their own.
+
+    `run` answers for `run_dot` (a caller's cache of layouts keyed by the DOT source)."""
     ids = [n.id for n in nodes]
     if len(set(ids)) != len(ids):
         raise ValueError("two nodes share an id")
@@ -226,7 +234,8 @@ def draw(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], *, timeout: flo
             raise ValueError(f"edge {e.source} -> {e.target} names a node that is not in the graph")
     if not nodes:
         return Drawing([], [], 0.0, 0.0)
-    out = run_dot(dot_source(nodes, edges), timeout=timeout)
+    source = dot_source(nodes, edges)
+    out = run(source) if run is not None else run_dot(source, timeout=timeout)
 
     _, _, bb_w, bb_h = (float(v) for v in out["bb"].split(","))
     by_name = {o["name"]: o for o in out.get("objects", []) if "pos" in o}

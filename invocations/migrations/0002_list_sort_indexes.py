@@ -5,22 +5,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('invocations', '0001_initial'),
+        ("invocations", "0001_initial"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='invocation',
-            index=models.Index(fields=['-modified_at', '-id'], name='inv_modified_idx'),
+            model_name="invocation",
+            index=models.Index(fields=["-modified_at", "-id"], name="inv_modified_idx"),
         ),
         migrations.AddIndex(
-            model_name='invocation',
-            index=models.Index(django.db.models.expressions.CombinedExpression(models.F('completed_at'), '-', models.F('created_at')), models.F('id'), condition=models.Q(('completed_at__isnull', False)), name='inv_duration_idx'),
+            model_name="invocation",
+            index=models.Index(
+                django.db.models.expressions.CombinedExpression(models.F("completed_at"), "-", models.F("created_at")),
+                models.F("id"),
+                condition=models.Q(("completed_at__isnull", False)),
+                name="inv_duration_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='invocation',
-            index=models.Index(fields=['id'], name='inv_id_prefix_idx', opclasses=['text_pattern_ops']),
+            model_name="invocation",
+            index=models.Index(fields=["id"], name="inv_id_prefix_idx", opclasses=["text_pattern_ops"]),
         ),
     ]

@@ -4,14 +4,13 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('invocations', '0002_list_sort_indexes'),
+        ("invocations", "0002_list_sort_indexes"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='invocationedge',
-            index=models.Index(fields=['created_at'], name='edge_created_idx'),
+            model_name="invocationedge",
+            index=models.Index(fields=["created_at"], name="edge_created_idx"),
         ),
     ]

@@ -4,18 +4,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('invocations', '0003_edge_created_index'),
+        ("invocations", "0003_edge_created_index"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='invocation',
-            name='inv_journal_behind_idx',
+            model_name="invocation",
+            name="inv_journal_behind_idx",
         ),
         migrations.AddIndex(
-            model_name='invocation',
-            index=models.Index(condition=models.Q(models.Q(('journal_size__gt', models.F('journal_synced_size')), models.Q(('journal_synced_size', 0), ('status__in', ('scheduled', 'pending'))), _connector='OR'), ('gone_from_restate_at__isnull', True)), fields=['id'], name='inv_journal_behind_idx'),
+            model_name="invocation",
+            index=models.Index(
+                condition=models.Q(
+                    models.Q(
+                        ("journal_size__gt", models.F("journal_synced_size")),
+                        models.Q(("journal_synced_size", 0), ("status__in", ("scheduled", "pending"))),
+                        _connector="OR",
+                    ),
+                    ("gone_from_restate_at__isnull", True),
+                ),
+                fields=["id"],
+                name="inv_journal_behind_idx",
+            ),
         ),
     ]

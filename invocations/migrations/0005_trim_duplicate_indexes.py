@@ -5,24 +5,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('invocations', '0004_journal_backlog_not_started'),
+        ("invocations", "0004_journal_backlog_not_started"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='invocation',
-            name='inv_id_prefix_idx',
+            model_name="invocation",
+            name="inv_id_prefix_idx",
         ),
         migrations.AlterField(
-            model_name='invocation',
-            name='parent',
-            field=models.ForeignKey(blank=True, db_constraint=False, db_index=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='invocations.invocation'),
+            model_name="invocation",
+            name="parent",
+            field=models.ForeignKey(
+                blank=True,
+                db_constraint=False,
+                db_index=False,
+                null=True,
+                on_delete=django.db.models.deletion.DO_NOTHING,
+                related_name="+",
+                to="invocations.invocation",
+            ),
         ),
         migrations.AlterField(
-            model_name='invocation',
-            name='root',
-            field=models.ForeignKey(blank=True, db_constraint=False, db_index=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='invocations.invocation'),
+            model_name="invocation",
+            name="root",
+            field=models.ForeignKey(
+                blank=True,
+                db_constraint=False,
+                db_index=False,
+                null=True,
+                on_delete=django.db.models.deletion.DO_NOTHING,
+                related_name="+",
+                to="invocations.invocation",
+            ),
         ),
     ]

@@ -4,87 +4,100 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('invocations', '0005_trim_duplicate_indexes'),
+        ("invocations", "0005_trim_duplicate_indexes"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='invocation',
-            name='inv_journal_behind_idx',
+            model_name="invocation",
+            name="inv_journal_behind_idx",
         ),
         migrations.AddField(
-            model_name='invocation',
-            name='journal_attempted_at',
+            model_name="invocation",
+            name="journal_attempted_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='syncstate',
-            name='catalog_truncated',
+            model_name="syncstate",
+            name="catalog_truncated",
             field=models.BooleanField(default=False),
         ),
         migrations.AddField(
-            model_name='syncstate',
-            name='expected_interval_s',
+            model_name="syncstate",
+            name="expected_interval_s",
             field=models.FloatField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='syncstate',
-            name='failing_since',
+            model_name="syncstate",
+            name="failing_since",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='syncstate',
-            name='last_broadcast_at',
+            model_name="syncstate",
+            name="last_broadcast_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='syncstate',
-            name='last_reconcile_refetched',
+            model_name="syncstate",
+            name="last_reconcile_refetched",
             field=models.IntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='syncstate',
-            name='last_reconcile_revived',
+            model_name="syncstate",
+            name="last_reconcile_revived",
             field=models.IntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='syncstate',
-            name='last_scan_s',
+            model_name="syncstate",
+            name="last_scan_s",
             field=models.FloatField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='syncstate',
-            name='locks_truncated',
+            model_name="syncstate",
+            name="locks_truncated",
             field=models.BooleanField(default=False),
         ),
         migrations.AddField(
-            model_name='syncstate',
-            name='overlap_s',
+            model_name="syncstate",
+            name="overlap_s",
             field=models.FloatField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='syncstate',
-            name='promises_truncated',
+            model_name="syncstate",
+            name="promises_truncated",
             field=models.BooleanField(default=False),
         ),
         migrations.AddField(
-            model_name='syncstate',
-            name='queues_truncated',
+            model_name="syncstate",
+            name="queues_truncated",
             field=models.BooleanField(default=False),
         ),
         migrations.AddField(
-            model_name='syncstate',
-            name='snapshots_truncated_at',
+            model_name="syncstate",
+            name="snapshots_truncated_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddIndex(
-            model_name='invocation',
-            index=models.Index(condition=models.Q(('journal_size__gt', models.F('journal_synced_size')), ('gone_from_restate_at__isnull', True)), fields=['id'], name='inv_journal_behind_idx'),
+            model_name="invocation",
+            index=models.Index(
+                condition=models.Q(
+                    ("journal_size__gt", models.F("journal_synced_size")), ("gone_from_restate_at__isnull", True)
+                ),
+                fields=["id"],
+                name="inv_journal_behind_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='invocation',
-            index=models.Index(models.OrderBy(models.F('journal_attempted_at'), nulls_first=True), condition=models.Q(('journal_synced_size', 0), ('status__in', ('scheduled', 'pending')), ('gone_from_restate_at__isnull', True)), name='inv_input_pending_idx'),
+            model_name="invocation",
+            index=models.Index(
+                models.OrderBy(models.F("journal_attempted_at"), nulls_first=True),
+                condition=models.Q(
+                    ("journal_synced_size", 0),
+                    ("status__in", ("scheduled", "pending")),
+                    ("gone_from_restate_at__isnull", True),
+                ),
+                name="inv_input_pending_idx",
+            ),
         ),
     ]

@@ -2,10 +2,10 @@
 
 Starts, in order: migrations, a local login, then (unless RESTATE_ADMIN_URL
 points at a Restate of the user's own) restate-server with the demo services
-and their traffic, then the sync engine and the web server. A process that dies
-is started again (demo.supervise: capped backoff, one line saying which and why),
-the embedded PostgreSQL included. Ctrl-C stops every process it started; running
-it again reuses ./data.
+and their traffic, then the sync engine, the service map's rollup worker and the
+web server. A process that dies is started again (demo.supervise: capped backoff,
+one line saying which and why), the embedded PostgreSQL included. Ctrl-C stops
+every process it started; running it again reuses ./data.
 """
 
 from __future__ import annotations
@@ -161,6 +161,13 @@ class Command(BaseCommand):
             "sync engine",
             lambda: spawn("sync engine", [*manage, "sync_restate"], logs / "sync.log"),
             log_path=logs / "sync.log",
+        )
+        # Recounts the hours the sync engine changed, for the service map (its own process: the
+        # recount of a busy hour must not lengthen sync steps, which set the live pages' freshness).
+        supervisor.add(
+            "rollup worker",
+            lambda: spawn("rollup worker", [*manage, "refresh_rollups"], logs / "rollups.log"),
+            log_path=logs / "rollups.log",
         )
         supervisor.add("web server", lambda: start_web(port, logs / "web.log"), log_path=logs / "web.log")
         return stack

@@ -36,7 +36,7 @@ from django.db.models import DateTimeField, F, Model, Value
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from invocations.mirror import events
+from invocations.mirror import events, rollups
 from invocations.mirror.models import (
     Deployment,
     Invocation,
@@ -155,6 +155,8 @@ class _Behind:
     root_id: str | None
     journal_size: int  # what Restate reported
     held: int  # entries we hold: Restate's indexes 0..held-1
+    service: str  # its handler: the caller of the edges its journal records
+    handler: str
 
 
 class SyncEngine:
@@ -339,17 +341,23 @@ class SyncEngine:
 
     @staticmethod
     def _upsert_invocations(invocations: list[Invocation]) -> list[tuple[str, str | None]]:
-        """Write Restate's rows; returns (id, root_id) of the rows that changed."""
-        return upsert(
-            Invocation,
-            invocations,
-            update_fields=INVOCATION_UPDATE_FIELDS,
-            guard_fields=INVOCATION_GUARD_FIELDS,
-            keep_existing_fields=["root"],
-            insert_sql={"first_seen_at": "clock_timestamp()", "synced_at": "clock_timestamp()"},
-            update_sql={"synced_at": "clock_timestamp()", "gone_from_restate_at": "NULL"},
-            returning=["id", "root"],
-        )
+        """Write Restate's rows; returns (id, root_id) of the rows that changed.
+
+        The hours of the rows that changed are marked for the rollups in the same transaction.
+        """
+        with transaction.atomic():
+            changed = upsert(
+                Invocation,
+                invocations,
+                update_fields=INVOCATION_UPDATE_FIELDS,
+                guard_fields=INVOCATION_GUARD_FIELDS,
+                keep_existing_fields=["root"],
+                insert_sql={"first_seen_at": "clock_timestamp()", "synced_at": "clock_timestamp()"},
+                update_sql={"synced_at": "clock_timestamp()", "gone_from_restate_at": "NULL"},
+                returning=["id", "root", "created_at"],
+            )
+            rollups.mark_dirty(created_at for _, _, created_at in changed)
+        return [(inv_id, root_id) for inv_id, root_id, _ in changed]
 
     def _sync_invocations(
         self, watermark: datetime | None, overlap: timedelta, report: StepReport, changes: Changes
@@ -393,7 +401,7 @@ class SyncEngine:
     # ------------------------------------------------------------ journals and edges
 
     def _journal_backlog(self, limit: int) -> list[_Behind]:
-        fields = ("id", "root_id", "journal_size", "journal_synced_size")
+        fields = ("id", "root_id", "journal_size", "journal_synced_size", "service_name", "handler_name")
         live = Invocation.objects.filter(gone_from_restate_at__isnull=True)
         # Served by inv_journal_behind_idx; small because it empties every step.
         rows = list(live.filter(journal_size__gt=F("journal_synced_size")).values_list(*fields)[:limit])
@@ -411,7 +419,7 @@ class SyncEngine:
                 .order_by(F("journal_attempted_at").asc(nulls_first=True))
                 .values_list(*fields, "journal_attempted_at")[:limit]
             )
-            rows += [r[:4] for r in not_started if r[0] not in seen and (r[4] is None or r[4] < retry_before)][
+            rows += [r[:6] for r in not_started if r[0] not in seen and (r[6] is None or r[6] < retry_before)][
                 : limit - len(rows)
             ]
         return [_Behind(*row) for row in rows]
@@ -449,7 +457,7 @@ class SyncEngine:
                 break
             done.update(b.id for b in backlog)
             entries = self._fetch_journals(backlog)
-            edges = [e for e in map(mapping.edge_from_journal_entry, entries) if e is not None]
+            edges = self._edges(entries, {b.id: b for b in backlog})
             read_to: dict[str, int] = {}
             for entry in entries:
                 read_to[entry.invocation_id] = max(read_to.get(entry.invocation_id, 0), entry.index + 1)
@@ -463,6 +471,18 @@ class SyncEngine:
             changes.add((b.id, b.root_id) for b in backlog if b.id in read_to)
             report.journal_entries += len(entries)
             report.edges += len(edges)
+
+    @staticmethod
+    def _edges(entries: list[JournalEntry], callers: dict[str, _Behind]) -> list[InvocationEdge]:
+        """The call/send edges these entries record, each with its caller's handler (which never changes)."""
+        edges = []
+        for entry in entries:
+            edge = mapping.edge_from_journal_entry(entry)
+            if edge is not None:
+                caller = callers[entry.invocation_id]
+                edge.caller_service, edge.caller_handler = caller.service, caller.handler
+                edges.append(edge)
+        return edges
 
     def _write_journals(
         self,
@@ -478,7 +498,7 @@ class SyncEngine:
                 update_fields=["entry_type", "name", "appended_at", "entry", "entry_lite"],
                 guard_fields=["entry_lite"],
             )
-            upsert(
+            written = upsert(
                 InvocationEdge,
                 edges,
                 update_fields=[
@@ -491,7 +511,9 @@ class SyncEngine:
                     "fire_at",
                 ],
                 guard_fields=["callee_id", "kind", "fire_at"],
+                returning=["created_at"],
             )
+            rollups.mark_dirty(created_at for (created_at,) in written)
             # Everything Restate holds for these is now ours (journal_size as reported,
             # or further when the journal grew since); a later growth of journal_size
             # (a changed row) puts them back in the backlog. Nothing read: remember we
