@@ -31,6 +31,7 @@ DELAYED_SEND = "delayed_send"
 UNKNOWN = "unknown"
 # Statuses of an invocation that has not run yet: a delayed send waiting to fire, a call
 # queued behind a virtual object's lock, one waiting for a worker.
+# Restate's status names (mirror.status.InvocationStatus; this pure layer imports no Django).
 NOT_STARTED = frozenset({"scheduled", "pending", "ready"})
 
 # Fields the tree needs from an invocation row (the selector asks for exactly these).

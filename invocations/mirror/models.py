@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from django.db import models
 from django.utils import timezone
 
-from invocations.mirror.status import NOT_STARTED, InvocationStatus
+from invocations.mirror.status import COMPLETION_FAILURE, NOT_STARTED, InvocationStatus
 
 
 class Invocation(models.Model):
@@ -134,7 +134,7 @@ class Invocation(models.Model):
             models.Index(
                 fields=["completion_failure", "-created_at", "-id"],
                 name="inv_failure_created_idx",
-                condition=models.Q(completion_result="failure"),
+                condition=models.Q(completion_result=COMPLETION_FAILURE),
             ),
             # Idempotency-key search; most invocations from services have none.
             models.Index(

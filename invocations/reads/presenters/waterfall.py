@@ -22,6 +22,7 @@ from django.urls import reverse
 
 from invocations.graph import trees
 from invocations.mirror.models import Invocation
+from invocations.mirror.status import COMPLETION_FAILURE, InvocationStatus
 from invocations.reads.presenters.formatting import duration, iso_utc, utc_text
 from invocations.reads.presenters.invocation import retries_label
 from invocations.reads.selectors import detail as selectors_detail
@@ -108,11 +109,11 @@ def _node_row(r: trees.Row, detail_url: str) -> WaterfallRow:
         (r.on_path, "on-path"),
         (n.phantom, "phantom"),
         (n.gone, "gone"),
-        (n.completion_result == "failure", "failed"),
+        (n.completion_result == COMPLETION_FAILURE, "failed"),
     ):
         if flag:
             classes += " " + name
-    fires = n.fires_at if n.status == "scheduled" else None
+    fires = n.fires_at if n.status == InvocationStatus.SCHEDULED else None
     if fires is not None:
         when = ""
     elif n.completed_at is not None:
@@ -132,7 +133,7 @@ def _node_row(r: trees.Row, detail_url: str) -> WaterfallRow:
         target=n.target,
         status=n.status,
         retries=retries_label(n.retry_count),
-        failure=(n.completion_failure or "failed") if n.completion_result == "failure" else "",
+        failure=(n.completion_failure or "failed") if n.completion_result == COMPLETION_FAILURE else "",
         fires_iso=iso_utc(fires) if fires else "",
         fires_title=utc_text(fires) if fires else "",
         fires_text=utc_text(fires, "%Y-%m-%d %H:%M") if fires else "",
