@@ -403,8 +403,10 @@ class SyncEngine:
     def _journal_backlog(self, limit: int) -> list[_Behind]:
         fields = ("id", "root_id", "journal_size", "journal_synced_size", "service_name", "handler_name")
         live = Invocation.objects.filter(gone_from_restate_at__isnull=True)
-        # Served by inv_journal_behind_idx; small because it empties every step.
-        rows = list(live.filter(journal_size__gt=F("journal_synced_size")).values_list(*fields)[:limit])
+        # Served by inv_journal_behind_idx; small because it empties every step. Ordered by the
+        # index's own column so the LIMIT reads that small index in order: unordered, the planner
+        # guesses a third of a million rows match and may scan the whole table for 200 of them.
+        rows = list(live.filter(journal_size__gt=F("journal_synced_size")).order_by("id").values_list(*fields)[:limit])
         if len(rows) < limit:
             # Scheduled and queued invocations report journal_size 0 although Restate may
             # already hold their Input: read it once, so a delayed send shows what it will
