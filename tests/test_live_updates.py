@@ -293,17 +293,17 @@ def test_first_message_for_a_ten_thousand_node_tree_is_small(user: User, capsys:
 def test_live_refresh_is_rendered_once_for_every_reader_of_a_change(
     user: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from invocations.views import detail as detail_views
+    from invocations.reads.presenters import detail as detail_presenter
 
     root = make(1)
     renders: list[str] = []
-    real = detail_views.detail_context
+    real = detail_presenter.detail_context
 
     def counting(invocation_id: str, **kwargs: Any) -> dict[str, Any]:
         renders.append(invocation_id)
         return real(invocation_id, **kwargs)
 
-    monkeypatch.setattr(detail_views, "detail_context", counting)
+    monkeypatch.setattr(detail_presenter, "detail_context", counting)
     client = _client(user)
     announced = int(datetime.now(UTC).timestamp() * 1000)
     first = client.get(f"/invocations/{root.id}/live/?t={announced}").content

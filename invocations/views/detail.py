@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import time
-from collections.abc import Callable
 
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.template.loader import render_to_string
 from django.utils import timezone
 from django.views.decorators.http import require_safe
 
 from invocations import restate
-from invocations.reads.presenters.detail import detail_context
+from invocations.reads.presenters.detail import detail_context, detail_live_html
 from invocations.reads.presenters.waterfall import MAX_EXPANSIONS, Expansion, children_rows
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.views.errors import bad_request, not_found
@@ -72,30 +67,6 @@ def tree_children(request: HtmxHttpRequest, invocation_id: str) -> HttpResponse:
     return render(request, template, context)
 
 
-# ------------------------------------------------------------------ live refresh
-
-# Every reader of a tree is told of a change at the same moment and asks at once:
-# they wait for one render (per process) instead of each rendering the tree.
-LIVE_CACHE_S = 5
-_render_locks = [threading.Lock() for _ in range(64)]
-
-
-def _shared_render(key: str, fresh_after: float, render_html: Callable[[], str]) -> str:
-    """A render of `key` that started at or after `fresh_after` (epoch seconds): the
-    cached one when it is that recent, else a new one, made once for concurrent askers."""
-    cached = cache.get(key)
-    if cached is not None and cached[0] >= fresh_after:
-        return cached[1]
-    with _render_locks[hash(key) % len(_render_locks)]:
-        cached = cache.get(key)
-        if cached is not None and cached[0] >= fresh_after:
-            return cached[1]
-        started = time.time()  # before any read: this render sees every commit announced until now
-        html = render_html()
-        cache.set(key, (started, html), LIVE_CACHE_S)
-        return html
-
-
 @require_safe
 @login_required
 def invocation_live(request: HttpRequest, invocation_id: str) -> HttpResponse:
@@ -115,17 +86,8 @@ def invocation_live(request: HttpRequest, invocation_id: str) -> HttpResponse:
         for e in (Expansion.parse(raw) for raw in request.GET.getlist("expand")[:MAX_EXPANSIONS])
         if e is not None and restate.INVOCATION_ID_RE.match(e.parent_id)
     ]
-    opened = ",".join(sorted(e.key for e in expansions))
-    key = f"live-detail:{invocation_id}:{hashlib.sha1(opened.encode()).hexdigest()}"
-
-    def render_html() -> str:
-        context = detail_context(invocation_id, expansions=expansions, journal_rows=False) | {"oob": True}
-        return render_to_string("invocations/detail.html#header", context) + render_to_string(
-            "invocations/detail.html#tree", context
-        )
-
     try:
-        html = _shared_render(key, fresh_after, render_html)
+        html = detail_live_html(invocation_id, expansions=expansions, fresh_after=fresh_after)
     except selectors_detail.InvocationNotFound:
         return _not_found(request, invocation_id)
     return HttpResponse(html)

@@ -3,9 +3,12 @@ built once, so a live update re-renders a partial with the same context the page
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Iterable
 from typing import Any
 
+from django.template.loader import render_to_string
 from django.utils import timezone
 
 from invocations.reads.presenters.invocation import SERVICE_TYPE_LABELS, idempotency_origin
@@ -13,6 +16,7 @@ from invocations.reads.presenters.journal import journal_row
 from invocations.reads.presenters.payloads import input_payload, output_result
 from invocations.reads.presenters.waterfall import Expansion, tree_view
 from invocations.reads.selectors import detail as selectors_detail
+from invocations.reads.shared import cached_once
 
 
 def detail_context(
@@ -48,3 +52,26 @@ def detail_context(
         "journal_rows": [journal_row(e) for e in journal.entries] if journal_rows else [],
         "tree": tree_view(inv, now, expansions),
     }
+
+
+# Every reader of a tree is told of a change at the same moment and asks at once:
+# they wait for one render (per process) instead of each rendering the tree.
+LIVE_CACHE_S = 5
+
+
+def detail_live_html(invocation_id: str, *, expansions: list[Expansion], fresh_after: float) -> str:
+    """The header and the tree as out-of-band swaps, from a render that started at or
+    after `fresh_after` (epoch seconds): a cached one when it is that recent, else a new
+    one, made once for concurrent readers. Raises InvocationNotFound."""
+    opened = ",".join(sorted(e.key for e in expansions))
+    key = f"live-detail:{invocation_id}:{hashlib.sha1(opened.encode()).hexdigest()}"
+
+    def render() -> tuple[float, str]:
+        started = time.time()  # before any read: this render sees every commit announced until now
+        context = detail_context(invocation_id, expansions=expansions, journal_rows=False) | {"oob": True}
+        html = render_to_string("invocations/detail.html#header", context) + render_to_string(
+            "invocations/detail.html#tree", context
+        )
+        return started, html
+
+    return cached_once(key, usable=lambda entry: entry[0] >= fresh_after, compute=render, timeout_s=LIVE_CACHE_S)[1]

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
-from django.core.cache import cache
 from django.db import connection
 from django.template.loader import get_template, render_to_string
 from django.urls import reverse
@@ -62,6 +61,7 @@ from invocations.reads.selectors.service_map import (
     service_map_get,
     window_start,
 )
+from invocations.reads.shared import cached_once
 
 NODE_W = 230
 NODE_H = 64
@@ -285,7 +285,7 @@ def _shared_put(kind: str, key: str, value: bytes) -> None:
 # is the same whatever its counts, so a map redrawn with new counts skips the parse (~30 ms
 # for a dense map). A few per window are plenty.
 _parsed: OrderedDict[str, Drawing] = OrderedDict()
-_guard = threading.Lock()  # requests may run in threads: for _parsed and _computing
+_guard = threading.Lock()  # requests may run in threads: for _parsed
 PARSED_KEPT = 16
 
 
@@ -424,16 +424,11 @@ def cache_key(window_key: str, now: datetime) -> str:
     return f"{CACHE_PREFIX}{window_key}:{window_start(WINDOWS[window_key].span, now).isoformat()}"
 
 
-# Requests for the same window in one process wait for one computation rather than each
-# starting their own (six at once cost six renders side by side: 1.9 s for the slowest);
-# past WAIT_S they compute anyway.
-_computing: dict[str, threading.Lock] = {}
-WAIT_S = 30.0
-
-
 def cached(*, window_key: str, now: datetime) -> Computed:
     """The map of a window: from this process's cache while the rollups it was computed
-    from are current (or changed only moments ago), else computed now.
+    from are current (or changed only moments ago), else computed now, once for every
+    request of this process that wants it at the same moment (six at once cost six
+    renders side by side otherwise: 1.9 s for the slowest).
 
     Bounded either way: a computation sums at most 168 hours of rollups, samples at most
     PERCENTILE_SAMPLE durations per handler, and reads dot's layout (and, when another
@@ -441,28 +436,12 @@ def cached(*, window_key: str, now: datetime) -> Computed:
     """
     window = WINDOWS[window_key]
     generation = rollup_generation()  # first: a refresh committed after it only makes the entry older
-    key = cache_key(window_key, now)
-    entry: Computed | None = cache.get(key)
-    if _usable(entry, generation, window):
-        assert entry is not None
-        return entry
-    with _guard:
-        lock = _computing.setdefault(key, threading.Lock())
-    acquired = lock.acquire(timeout=WAIT_S)
-    try:
-        entry = cache.get(key)  # the computation we may have waited for
-        if _usable(entry, generation, window):
-            assert entry is not None
-            return entry
-        fresh = replace(compute(window=window, now=now), generation=generation, stored=time.time())
-        cache.set(key, fresh, timeout=CACHE_TIMEOUT_S)
-        return fresh
-    finally:
-        if acquired:
-            lock.release()
-        with _guard:
-            if len(_computing) > 64:  # one per window start: forget the old hours'
-                _computing.clear()
+    return cached_once(
+        cache_key(window_key, now),
+        usable=lambda entry: _usable(entry, generation, window),
+        compute=lambda: replace(compute(window=window, now=now), generation=generation, stored=time.time()),
+        timeout_s=CACHE_TIMEOUT_S,
+    )
 
 
 class UnknownWindow(ValueError):
