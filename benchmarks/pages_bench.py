@@ -877,7 +877,7 @@ class SyncLoop:
         """Note when each step's message to the list pages leaves (instrumentation only:
         the message is sent exactly as without it)."""
 
-        from invocations.mirror import events
+        from invocations import events
 
         original = events._send
 

@@ -188,11 +188,13 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "django_htmx",
     "template_partials",
     "channels",
     "axes",
     "csp",
+    "procrastinate.contrib.django",
     "invocations",
     "demo",
 ]
@@ -302,3 +304,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"httpx": {"level": "WARNING"}},
 }
+
+# Bulk jobs and attach waits run in procrastinate workers (`manage.py procrastinate
+# worker`), a task queue on our own PostgreSQL: jobs survive web restarts and are
+# deferred in the same transaction as the rows that describe them.
+PROCRASTINATE_IMPORT_PATHS = ["invocations.operations.tasks"]
+PROCRASTINATE_AUTODISCOVER_MODULE_NAME = "tasks"

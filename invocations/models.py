@@ -1,4 +1,5 @@
-"""Django loads an app's models from `<app>.models`; ours live in the mirror layer."""
+"""Django loads an app's models from `<app>.models`; ours live in the mirror layer
+(Restate's state) and the records layer (what the dashboard's users did)."""
 
 from invocations.mirror.models import (
     Deployment,
@@ -15,11 +16,17 @@ from invocations.mirror.models import (
     ServiceMapEdgeHour,
     ServiceMapHour,
     ServiceMapPair,
+    SyncHint,
     SyncState,
     WorkflowPromise,
 )
+from invocations.records.models import AttachWait, AuditEntry, BulkJob, BulkJobItem
 
 __all__ = [
+    "AttachWait",
+    "AuditEntry",
+    "BulkJob",
+    "BulkJobItem",
     "Deployment",
     "DrawingCache",
     "EdgeKind",
@@ -34,6 +41,7 @@ __all__ = [
     "ServiceMapEdgeHour",
     "ServiceMapHour",
     "ServiceMapPair",
+    "SyncHint",
     "SyncState",
     "WorkflowPromise",
 ]

@@ -27,9 +27,9 @@ from django.test.utils import CaptureQueriesContext
 
 from dashboard import embedded_redis
 from demo.stack import free_port
+from invocations import events
 from invocations.live import fragments
 from invocations.live.routing import websocket_urlpatterns
-from invocations.mirror import events
 from invocations.models import Invocation, InvocationEdge, SyncState
 from tests.factories import T0, create_invocation, invocation_id
 from tests.test_detail_page import ROOT as TREE_ROOT
@@ -202,7 +202,7 @@ def test_a_sync_process_reaches_a_web_process_through_redis(user: User, redis_ur
     def another_process_syncs() -> None:
         Invocation.objects.filter(id=shown.id).update(status="suspended")
         script = (
-            "import django; django.setup(); from invocations.mirror import events; "
+            "import django; django.setup(); from invocations import events; "
             f"events.sync_step_committed(changed_ids=[{shown.id!r}])"
         )
         env = {

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from django.db import OperationalError, connection
 
+from invocations import events
 from invocations.live import fragments
-from invocations.mirror import events
 from invocations.mirror.models import Invocation, JournalEntry, SyncState
 from invocations.mirror.sync import engine as engine_module
 from invocations.mirror.sync.engine import SyncEngine

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 
-from invocations.mirror import events
+from invocations import events
 
 Sent = list[tuple[str, dict[str, Any]]]
 

@@ -16,7 +16,7 @@ from django.contrib.auth.signals import user_logged_out
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from invocations.mirror import events
+from invocations import events
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
+from invocations import events
 from invocations.live import fragments
 from invocations.live.auth import CloseAtLogoutMixin
-from invocations.mirror import events
 
 
 class _PageConsumer(CloseAtLogoutMixin):

@@ -423,3 +423,18 @@ class SyncState(models.Model):
             (self.catalog_truncated, "services"),
         ]
         return [name for truncated, name in flags if truncated]
+
+
+class SyncHint(models.Model):
+    """ "Re-read this invocation from Restate now": written by actions (in the same
+    transaction as their audit entry) and consumed by the sync engine, which keeps
+    re-reading the id until `until`, because Restate applies an action
+    asynchronously (a cancel reaches the children over the next moments).
+
+    One row per invocation, so the queue is bounded by the number of distinct ids
+    hinted, however often they are hinted.
+    """
+
+    invocation_id = models.CharField(primary_key=True, max_length=100)
+    requested_at = models.DateTimeField()
+    until = models.DateTimeField()

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +37,8 @@ from demo.stack import (
     start_web,
 )
 from demo.supervise import EmbeddedPostgresHandle, Event, PopenHandle, Supervisor
+from invocations.operations.roles import Role, user_set_role
+from invocations.operations.tasks import ATTACH_QUEUE, BULK_QUEUE
 
 ADMIN_USER = "admin"
 DEMO_PORTS = {"node": 15122, "python": 19080, "ts": 19081}
@@ -55,6 +58,7 @@ def local_login(data_dir: Path) -> tuple[str, str]:
     if not user.check_password(password):
         user.set_password(password)
         user.save()
+    user_set_role(username=ADMIN_USER, role=Role.OPERATOR)
     return ADMIN_USER, password
 
 
@@ -169,6 +173,12 @@ class Command(BaseCommand):
             lambda: spawn("rollup worker", [*manage, "refresh_rollups"], logs / "rollups.log"),
             log_path=logs / "rollups.log",
         )
+        # Bulk jobs and attach waits run in procrastinate workers on our PostgreSQL, never
+        # in the web server: a job survives a web restart, and a worker killed mid-job is
+        # replaced and resumes where the job's rows say it stopped.
+        for name, argv in worker_commands(manage):
+            log_path = logs / f"{name.replace(' ', '-')}.log"
+            supervisor.add(name, _spawner(name, argv, log_path), log_path=log_path)
         supervisor.add("web server", lambda: start_web(port, logs / "web.log"), log_path=logs / "web.log")
         return stack
 
@@ -178,6 +188,19 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(line))
         else:
             self.stderr.write(self.style.WARNING(line))
+
+
+def _spawner(name: str, argv: list[str], log_path: Path) -> Callable[[], ManagedProcess]:
+    return lambda: spawn(name, argv, log_path)
+
+
+def worker_commands(manage: list[str]) -> list[tuple[str, list[str]]]:
+    """The task-queue workers a deployment runs: one for bulk jobs, one for attach waits."""
+    worker = [*manage, "procrastinate", "worker"]
+    return [
+        ("bulk worker", [*worker, "--name", "bulk", "--queues", BULK_QUEUE, "--concurrency", "2"]),
+        ("attach worker", [*worker, "--name", "attach", "--queues", ATTACH_QUEUE, "--concurrency", "500"]),
+    ]
 
 
 def _start_restate(stack: DemoStack) -> ManagedProcess:

@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from invocations.mirror.sync.hints import HintListener
 from invocations.mirror.sync.loop import TRANSIENT_ERRORS, SyncLoop
 
 log = logging.getLogger("invocations.sync")
@@ -42,5 +43,5 @@ class Command(BaseCommand):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         log.info("syncing from %s", settings.RESTATE_ADMIN_URL)
-        loop.run(wait=stop.wait)
+        loop.run(wait=stop.wait, listener=HintListener())
         log.info("sync stopped")

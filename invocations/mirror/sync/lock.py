@@ -25,11 +25,12 @@ log = logging.getLogger(__name__)
 SYNC_ENGINE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"restate-dashboard sync engine").digest()[:8], "big", signed=True)
 
 
-def _connect_like_django() -> psycopg.Connection[Any]:
+def connect_like_django(purpose: str = "lock") -> psycopg.Connection[Any]:
+    """An autocommit connection with Django's parameters, named for what it is for."""
     params = connection.get_connection_params()
     for django_only in ("cursor_factory", "context", "prepare_threshold"):
         params.pop(django_only, None)
-    params["application_name"] = f"{params.get('application_name') or 'restate-dashboard-sync'}-lock"
+    params["application_name"] = f"{params.get('application_name') or 'restate-dashboard-sync'}-{purpose}"
     return psycopg.connect(**params, autocommit=True)
 
 
@@ -40,7 +41,7 @@ class EngineLock:
         self,
         *,
         key: int = SYNC_ENGINE_LOCK_KEY,
-        connect: Callable[[], psycopg.Connection[Any]] = _connect_like_django,
+        connect: Callable[[], psycopg.Connection[Any]] = connect_like_django,
     ) -> None:
         self.key = key
         self._connect = connect

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 
 from django.conf import settings
@@ -14,7 +15,8 @@ from django.db import DatabaseError, InterfaceError
 
 from dashboard import embedded_postgres
 from invocations.mirror.models import SyncState
-from invocations.mirror.sync.engine import StepReport, SyncEngine
+from invocations.mirror.sync import hints
+from invocations.mirror.sync.engine import HintReport, StepReport, SyncEngine
 from invocations.mirror.sync.lock import EngineLock
 from invocations.restate import RestateError
 
@@ -29,6 +31,10 @@ MAX_BACKOFF_EXPONENT = 64
 # The stored interval is for "has the sync stalled?" checks (a few intervals late):
 # rewrite it only when it moved this much, not on every step.
 INTERVAL_WRITE_TOLERANCE = 0.25
+# While an action's invocations are followed (hints), they are re-read this often.
+HINT_FOLLOW_S = 0.25
+# Between steps with nothing followed, how often a stop request is noticed.
+STOP_CHECK_S = 1.0
 
 
 def poll_interval(*, duration_s: float) -> float:
@@ -73,6 +79,7 @@ class SyncLoop:
         self._interval = settings.SYNC_MIN_INTERVAL_S
         self._stored_interval: float | None = None
         self._caught_up = False
+        self._hints_active = False
 
     @classmethod
     def from_settings(cls) -> SyncLoop:
@@ -117,15 +124,54 @@ class SyncLoop:
         """Seconds to wait before the next step, as decided by the last one."""
         return self._interval
 
-    def run(self, *, wait: Callable[[float], bool]) -> None:
-        """Step until `wait(seconds)` returns True (threading.Event.wait: stop was asked)."""
+    def step_hints(self) -> HintReport | None:
+        """Re-read what actions just touched (hints), between steps. Failures are left to
+        the next step's backoff: a hint stays in its table until it expires."""
+        if self.lock is not None and not self.lock.held():
+            return None
+        try:
+            report = self.engine.sync_hinted()
+            self._hints_active = hints.hints_pending()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("re-reading hinted invocations failed: %s", exc)
+            self._hints_active = False
+            return None
+        if report is not None and report.changed:
+            log.info(
+                "hints: re-read %d invocations (%d changed) in %.3fs", report.ids, report.changed, report.duration_s
+            )
+        return report
+
+    def run(self, *, wait: Callable[[float], bool], listener: hints.HintListener | None = None) -> None:
+        """Step until `wait(seconds)` returns True (threading.Event.wait: stop was asked).
+
+        Between steps it sleeps on `listener` (LISTEN for hints): an action's hint
+        wakes it at once, and hinted ids are re-read every HINT_FOLLOW_S while
+        they are followed, without a full step.
+        """
         try:
             while True:
                 self.step()
-                if wait(self.next_interval()):
+                if self._pause(wait, listener):
                     return
         finally:
+            if listener is not None:
+                listener.close()
             self.close()
+
+    def _pause(self, wait: Callable[[float], bool], listener: hints.HintListener | None) -> bool:
+        """Wait out the interval, serving hints meanwhile; True when stop was asked."""
+        if listener is None or self.standing_by or self.report is None:
+            return wait(self.next_interval())
+        deadline = time.monotonic() + self.next_interval()
+        self._hints_active = True  # hints written while the step ran have no NOTIFY left to wake us
+        while (remaining := deadline - time.monotonic()) > 0:
+            nap = min(remaining, HINT_FOLLOW_S if self._hints_active else STOP_CHECK_S)
+            if listener.wait(nap) or self._hints_active:
+                self.step_hints()
+            if wait(0):
+                return True
+        return False
 
     def close(self) -> None:
         if self.lock is not None:

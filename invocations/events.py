@@ -96,3 +96,60 @@ def _broadcast(changed_ids: list[str], roots: set[str], overflow: bool) -> None:
                 _send(tree_group(root), {"type": "tree.changed"})
     except Exception:
         log.exception("broadcast after sync step failed")
+
+
+# ---------------------------------------------------------------- actions, jobs, attach
+
+AUDIT_GROUP = "audit.log"  # the audit page
+JOBS_GROUP = "jobs.all"  # the jobs history page
+
+
+def job_group(job_id: int) -> str:
+    return f"job.{int(job_id)}"
+
+
+def attach_group(invocation_id: str) -> str:
+    # Restate ids are inv_ + base62: valid in a group name as they are.
+    return f"attach.{invocation_id}"
+
+
+def action_committed(*, root_ids: Iterable[str]) -> None:
+    """An action was sent and audited: the audit page shows it, and the trees it
+    touched redraw (their header says what was done, before the re-sync lands)."""
+    roots = set(root_ids)
+
+    def send() -> None:
+        try:
+            _send(AUDIT_GROUP, {"type": "audit.appended"})
+            for root in roots:
+                _send(tree_group(root), {"type": "tree.changed"})
+        except Exception:
+            log.exception("broadcast after an action failed")
+
+    _after_commit(send)
+
+
+def job_progressed(*, job_id: int) -> None:
+    """A bulk job's counts or state changed (committed): its page and the history redraw."""
+
+    def send() -> None:
+        try:
+            _send(job_group(job_id), {"type": "job.progressed", "job_id": int(job_id)})
+            _send(JOBS_GROUP, {"type": "job.progressed", "job_id": int(job_id)})
+            _send(AUDIT_GROUP, {"type": "audit.appended"})
+        except Exception:
+            log.exception("broadcast of job progress failed")
+
+    _after_commit(send)
+
+
+def attach_finished(*, invocation_id: str) -> None:
+    """The shared wait for an invocation's result ended (committed): every attached page shows it."""
+
+    def send() -> None:
+        try:
+            _send(attach_group(invocation_id), {"type": "attach.finished", "invocation_id": invocation_id})
+        except Exception:
+            log.exception("broadcast of an attach result failed")
+
+    _after_commit(send)
