@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.db import models
 
 from invocations.mirror.status import InvocationStatus
+from invocations.restate import Outcome as RestateOutcome
 
 S = InvocationStatus
 NOT_COMPLETED = frozenset(s for s in S if s is not S.COMPLETED)
@@ -76,3 +77,29 @@ def cli_command(action: Action, invocation_id: str) -> str | None:
 
 def curl_command(action: Action, invocation_id: str, *, admin_url: str) -> str:
     return f"curl -X PATCH {admin_url.rstrip('/')}/invocations/{invocation_id}/{action.operation}"
+
+
+# What the user reads for each of Restate's answers.
+OUTCOME_WORDS = {
+    RestateOutcome.DONE: "accepted",
+    RestateOutcome.CONFLICT: "not allowed in this state",
+    RestateOutcome.NOT_READY: "not allowed in this state",
+    RestateOutcome.UNSUPPORTED: "not allowed for this invocation",
+    RestateOutcome.NOT_FOUND: "unknown id",
+    RestateOutcome.INVALID: "refused by Restate",
+}
+# Restate did not answer (down, timed out): it may or may not have applied the action.
+UNREACHABLE = "unreachable"
+
+
+def outcome_words(*, action: Action | str, outcome: str) -> str:
+    """Restate's answer to `action`, in words."""
+    if outcome == UNREACHABLE:
+        return "Restate did not answer (it may or may not have applied it)"
+    try:
+        restate_outcome = RestateOutcome(outcome)
+    except ValueError:
+        return outcome
+    if restate_outcome is RestateOutcome.CONFLICT and action in (Action.CANCEL, Action.KILL):
+        return "already completed"
+    return OUTCOME_WORDS[restate_outcome]

@@ -15,7 +15,7 @@ from django.contrib.auth.models import AbstractUser
 from django.db import connection, transaction
 
 from invocations import events
-from invocations.mirror.actions import Action, cli_command, curl_command
+from invocations.mirror.actions import UNREACHABLE, Action, cli_command, curl_command, outcome_words
 from invocations.mirror.models import Invocation
 from invocations.mirror.status import InvocationStatus
 from invocations.mirror.sync import hints
@@ -23,20 +23,11 @@ from invocations.operations.roles import user_can_operate
 from invocations.records.models import AuditEntry, AuditKind
 from invocations.restate import OperationResult, RestateClient, RestateError, client_from_settings
 from invocations.restate import Outcome as RestateOutcome
+
+__all__ = ["ActionResult", "NotAllowed", "invocation_act", "invocation_descendants", "outcome_words"]
 from invocations.restate.ids import validate_invocation_id
 
 log = logging.getLogger(__name__)
-
-# What the user reads for each of Restate's answers.
-OUTCOME_WORDS = {
-    RestateOutcome.DONE: "accepted",
-    RestateOutcome.CONFLICT: "not allowed in this state",
-    RestateOutcome.NOT_READY: "not allowed in this state",
-    RestateOutcome.UNSUPPORTED: "not allowed for this invocation",
-    RestateOutcome.NOT_FOUND: "unknown id",
-    RestateOutcome.INVALID: "refused by Restate",
-}
-UNREACHABLE = "unreachable"
 
 
 class NotAllowed(PermissionError):
@@ -188,15 +179,3 @@ def _result_from_entry(entry: AuditEntry, *, replayed: bool) -> ActionResult:
         audit_id=entry.id,
         replayed=replayed,
     )
-
-
-def outcome_words(*, action: Action, outcome: str) -> str:
-    if outcome == UNREACHABLE:
-        return "Restate did not answer (it may or may not have applied it)"
-    try:
-        restate_outcome = RestateOutcome(outcome)
-    except ValueError:
-        return outcome
-    if restate_outcome is RestateOutcome.CONFLICT and action in (Action.CANCEL, Action.KILL):
-        return "already completed"
-    return OUTCOME_WORDS[restate_outcome]
