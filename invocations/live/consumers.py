@@ -104,3 +104,25 @@ class InvocationDetailConsumer(_PageConsumer):
     async def tree_changed(self, event: dict[str, Any]) -> None:
         # No database here: the signal is the same for every reader of the tree.
         await self.send(text_data=fragments.tree_changed(self.invocation_id, timezone.now()))
+
+
+class AuditLogConsumer(_PageConsumer):
+    """The audit page's first page: a new entry appears at its top, within its filter."""
+
+    view: fragments.AuditView
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        view = fragments.AuditView.from_query(self.query())
+        if view is None:
+            await self.close(code=4400)
+            return
+        self.view = view
+        await self._join([events.AUDIT_GROUP, events.SYNC_GROUP])
+        await self.accept()
+        await self.send(text_data=await database_sync_to_async(self.view.rows)())
+
+    async def audit_appended(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=await database_sync_to_async(self.view.rows)())

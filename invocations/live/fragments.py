@@ -18,7 +18,9 @@ from django.http import QueryDict
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from invocations.reads.audit_filters import AuditFilterForm
 from invocations.reads.filters import DEFAULT_SORT, InvocationFilterForm, InvocationFilters
+from invocations.reads.presenters.audit import audit_context
 from invocations.reads.presenters.sync_health import sync_health
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
@@ -162,3 +164,23 @@ def detail_connect_state(invocation_id: str, rendered: datetime | None) -> str:
     if rendered is None or (last_step is not None and last_step >= rendered):
         state += tree_changed(invocation_id, timezone.now())
     return state
+
+
+@dataclass
+class AuditView:
+    """What one connected audit page shows: its filter (first page only)."""
+
+    query: dict[str, str]
+
+    @classmethod
+    def from_query(cls, query: dict[str, list[str]]) -> AuditView | None:
+        flat = {name: values[-1] for name, values in query.items() if values}
+        if not AuditFilterForm(flat).is_valid():
+            return None
+        return cls(query=flat)
+
+    def rows(self) -> str:
+        form = AuditFilterForm(self.query)
+        form.is_valid()
+        context = audit_context(filters=form.filters(), query=self.query, before_id=None)
+        return oob(render_to_string("invocations/audit.html#rows", context), "audit-table")

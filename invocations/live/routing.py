@@ -5,4 +5,5 @@ from invocations.live import consumers
 websocket_urlpatterns = [
     path("ws/invocations/", consumers.InvocationListConsumer.as_asgi()),
     path("ws/invocations/<str:invocation_id>/", consumers.InvocationDetailConsumer.as_asgi()),
+    path("ws/audit/", consumers.AuditLogConsumer.as_asgi()),
 ]

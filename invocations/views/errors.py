@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.forms import Form
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
@@ -16,3 +17,11 @@ def bad_request(request: HttpRequest, title: str, message: str) -> HttpResponse:
 
 def not_found(request: HttpRequest, title: str, message: str) -> HttpResponse:
     return error_page(request, title=title, message=message, status=404)
+
+
+def form_problems(form: Form) -> str:
+    """A form's errors in one line: `field: problem; field: problem`."""
+    return "; ".join(
+        f"{name}: {' '.join(map(str, errors))}" if name != "__all__" else " ".join(map(str, errors))
+        for name, errors in form.errors.items()
+    )

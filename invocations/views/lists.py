@@ -9,7 +9,7 @@ from django.views.decorators.http import require_safe
 
 from invocations.reads.filters import InvocationFilterForm, InvocationFilters, without_empty
 from invocations.reads.presenters.invocation_list import BadPageLink, list_context, outcome_context
-from invocations.views.errors import bad_request
+from invocations.views.errors import bad_request, form_problems
 from invocations.views.http import HtmxHttpRequest
 
 
@@ -22,11 +22,7 @@ def invocation_list(request: HtmxHttpRequest) -> HttpResponse:
         return HttpResponseRedirect(f"{request.path}?{clean}" if clean else request.path)
     form = InvocationFilterForm(request.GET)
     if not form.is_valid():
-        problems = "; ".join(
-            f"{name}: {' '.join(map(str, errors))}" if name != "__all__" else " ".join(map(str, errors))
-            for name, errors in form.errors.items()
-        )
-        return bad_request(request, "Bad filter", problems)
+        return bad_request(request, "Bad filter", form_problems(form))
     filters = InvocationFilters.from_form(form.cleaned_data)
     if request.htmx and request.GET.get("partial") == "outcomes":
         return render(request, "invocations/list.html#outcome_chips", outcome_context(filters=filters))
