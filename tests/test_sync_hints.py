@@ -1,0 +1,138 @@
+"""Hints: an action's "re-read these now" reaches the sync engine through PostgreSQL
+(a table plus NOTIFY), is served between steps by a by-id read, and keeps being
+served until it expires. The fake Restate checks what is read; the last test runs
+the real loop against real Restate, with a poll interval so long that only the
+hint can explain how fast the cancel shows."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from invocations.mirror.models import Invocation, SyncHint
+from invocations.mirror.sync import hints
+from invocations.mirror.sync.engine import SyncEngine
+from invocations.mirror.sync.loop import SyncLoop
+from tests.sync_fake import FakeRestate, fake_id
+
+
+def fake_engine(restate: FakeRestate) -> SyncEngine:
+    return SyncEngine(restate, reconcile_every=timedelta(days=1), slow_every=timedelta(days=1))  # type: ignore[arg-type]
+
+
+def test_a_hint_re_reads_only_its_ids_by_id(transactional_db: None) -> None:
+    restate = FakeRestate()
+    for n in range(1, 6):
+        restate.add(n, status="running")
+    engine = fake_engine(restate)
+    engine.sync_once()
+    restate.invocations[fake_id(2)]["status"] = "completed"
+    restate.invocations[fake_id(3)]["status"] = "completed"
+    restate.queries.clear()
+
+    hints.hints_add([fake_id(2)])
+    report = engine.sync_hinted()
+
+    assert report is not None and (report.ids, report.changed) == (1, 1)
+    assert Invocation.objects.get(id=fake_id(2)).status == "completed"
+    assert Invocation.objects.get(id=fake_id(3)).status == "running", "not hinted: left to the next step"
+    invocation_reads = [q for q in restate.queries if "FROM sys_invocation" in q]
+    assert invocation_reads and all(f"id IN ('{fake_id(2)}')" in q for q in invocation_reads)
+
+
+def test_a_hinted_id_restate_no_longer_holds_is_marked_gone_and_forgotten(transactional_db: None) -> None:
+    restate = FakeRestate()
+    restate.add(1)
+    engine = fake_engine(restate)
+    engine.sync_once()
+    del restate.invocations[fake_id(1)]  # purged
+
+    hints.hints_add([fake_id(1)])
+    report = engine.sync_hinted()
+
+    assert report is not None and report.gone == 1
+    assert Invocation.objects.get(id=fake_id(1)).gone_from_restate_at is not None
+    assert not SyncHint.objects.exists()
+    assert engine.sync_hinted() is None
+
+
+def test_hints_are_followed_until_they_expire_and_repeat_hints_extend_not_duplicate(transactional_db: None) -> None:
+    hints.hints_add(["inv_1aaaaaaaaaaaaaaaaaaaa"], follow=timedelta(seconds=30))
+    hints.hints_add(["inv_1aaaaaaaaaaaaaaaaaaaa", "inv_1bbbbbbbbbbbbbbbbbbbb"], follow=timedelta(seconds=-1))
+    assert SyncHint.objects.count() == 2
+    assert hints.hints_due() == ["inv_1aaaaaaaaaaaaaaaaaaaa"], "the later, shorter hint did not cut the first short"
+    assert list(SyncHint.objects.values_list("invocation_id", flat=True)) == ["inv_1aaaaaaaaaaaaaaaaaaaa"]
+    SyncHint.objects.update(until=timezone.now() - timedelta(seconds=1))
+    assert hints.hints_due() == [] and not SyncHint.objects.exists()
+
+
+def test_the_listener_wakes_on_commit_not_before(transactional_db: None) -> None:
+    from django.db import transaction
+
+    listener = hints.HintListener()
+    try:
+        assert listener.wait(0.05) is False
+        with transaction.atomic():
+            hints.hints_add(["inv_1aaaaaaaaaaaaaaaaaaaa"])
+            assert listener.wait(0.2) is False, "NOTIFY is delivered at commit"
+        t0 = time.monotonic()
+        assert listener.wait(5) is True
+        assert time.monotonic() - t0 < 1
+        assert listener.wait(0.05) is False, "one wake-up per burst"
+    finally:
+        listener.close()
+
+
+@pytest.mark.integration
+def test_a_cancel_reaches_our_copy_within_a_second_while_the_poll_waits_a_minute(
+    restate: Any, engine: SyncEngine, transactional_db: None
+) -> None:
+    from django.contrib.auth.models import User
+
+    from invocations.mirror.actions import Action
+    from invocations.operations.roles import Role, user_set_role
+    from invocations.operations.services import invocation_act
+
+    invocation_id = restate.send("Sleeper", "nap", payload=5)
+    engine.sync_once()
+    operator = User.objects.create_user("hint-operator")
+    user_set_role(username="hint-operator", role=Role.OPERATOR)
+
+    stop = threading.Event()
+    loop = SyncLoop(engine)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run(wait=stop.wait, listener=hints.HintListener())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    with override_settings(SYNC_MIN_INTERVAL_S=60, SYNC_MAX_INTERVAL_S=60):
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            time.sleep(0.5)  # the first step runs, then the loop waits out its minute
+            user = User.objects.get(id=operator.id)
+            clicked = time.monotonic()
+            result = invocation_act(user=user, action=Action.CANCEL, invocation_id=invocation_id, client=restate)
+            assert result.ok, result
+            while Invocation.objects.get(id=invocation_id).status != "completed":
+                assert time.monotonic() - clicked < 5, "the hint did not bring the cancel into our copy"
+                time.sleep(0.05)
+            elapsed = time.monotonic() - clicked
+        finally:
+            stop.set()
+            thread.join(10)
+    assert not errors, errors
+    assert Invocation.objects.get(id=invocation_id).completion_failure == "[409] cancelled"
+    assert elapsed < 2.0, f"{elapsed:.2f}s"
