@@ -302,7 +302,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}},
+    # procrastinate logs each task registration at INFO, on every manage.py command.
+    "loggers": {"httpx": {"level": "WARNING"}, "procrastinate.blueprints": {"level": "WARNING"}},
 }
 
 # Bulk jobs and attach waits run in procrastinate workers (`manage.py procrastinate
