@@ -19,7 +19,9 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from invocations.reads.filters import DEFAULT_SORT, InvocationFilterForm, InvocationFilters
+from invocations.reads.presenters.attach import attach_panel_for
 from invocations.reads.presenters.sync_health import sync_health
+from invocations.reads.selectors import attach as selectors_attach
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
 from invocations.reads.selectors.sync_state import sync_state_get
@@ -162,3 +164,16 @@ def detail_connect_state(invocation_id: str, rendered: datetime | None) -> str:
     if rendered is None or (last_step is not None and last_step >= rendered):
         state += tree_changed(invocation_id, timezone.now())
     return state
+
+
+def attach_panel(invocation_id: str) -> str:
+    """The attach panel as it is now: pushed when the shared wait ends (every attached page)."""
+    html = render_to_string("invocations/_attach.html", {"panel": attach_panel_for(invocation_id=invocation_id)})
+    return oob(html, "inv-attach")
+
+
+def attach_connect_state(invocation_id: str) -> str:
+    """On (re)connect: the panel, when a wait exists (it may have ended before this socket listened)."""
+    if not INVOCATION_ID_RE.match(invocation_id) or selectors_attach.attach_wait_get(invocation_id) is None:
+        return ""
+    return attach_panel(invocation_id)
