@@ -15,15 +15,21 @@ from invocations.reads.presenters.payloads import Payload, format_payload
 from invocations.records.models import AttachState, AttachWait
 from invocations.restate import WORKFLOW_MAIN_HANDLER
 
-_ISO_SECONDS = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+_ISO = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+# What our copy holds when the sync read it through Arrow (a duration, as Python prints one).
+_PY = re.compile(r"^(?:(\d+) days?,? )?(\d+):(\d\d):(\d\d(?:\.\d+)?)$")
 
 
-def iso_duration(raw: str | None) -> timedelta | None:
-    """Restate's retention (`PT86400S`, `P1DT2H`); None when absent or not understood."""
-    match = _ISO_SECONDS.match(raw or "")
-    if not raw or not match:
+def retention_duration(raw: str | None) -> timedelta | None:
+    """Restate's retention as our copy holds it (`PT86400S`, `P1DT2H`, `1 day 0:00:00`);
+    None when absent or not understood."""
+    raw = (raw or "").strip()
+    if (match := _ISO.match(raw)) or (match := _PY.match(raw)):
+        days, hours, minutes, seconds = (float(g or 0) for g in match.groups())
+    else:
         return None
-    days, hours, minutes, seconds = (float(g or 0) for g in match.groups())
+    if not raw or raw == "P":
+        return None
     return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
@@ -63,7 +69,7 @@ def fetch_note(inv: Invocation | None) -> str:
         return (
             "The caller set an idempotency key: the result can be fetched after completion, while Restate retains it."
         )
-    retention = iso_duration(inv.completion_retention)
+    retention = retention_duration(inv.completion_retention)
     if retention and retention > timedelta(0):
         until = f" (until {inv.completed_at + retention:%Y-%m-%d %H:%M} UTC)" if inv.completed_at else ""
         return (
