@@ -96,14 +96,26 @@ class InvocationDetailConsumer(_PageConsumer):
         raw = self.query().get("rendered", [""])[0]
         if raw.isdigit() and len(raw) <= 15:
             rendered = datetime.fromtimestamp(int(raw) / 1000, UTC)
-        await self._join([events.tree_group(root), events.ALL_TREES_GROUP, events.SYNC_GROUP])
+        await self._join(
+            [
+                events.tree_group(root),
+                events.ALL_TREES_GROUP,
+                events.SYNC_GROUP,
+                events.attach_group(self.invocation_id),
+            ]
+        )
         await self.accept()
         html = await database_sync_to_async(fragments.detail_connect_state)(self.invocation_id, rendered)
+        html += await database_sync_to_async(fragments.attach_connect_state)(self.invocation_id)
         await self.send(text_data=html)
 
     async def tree_changed(self, event: dict[str, Any]) -> None:
         # No database here: the signal is the same for every reader of the tree.
         await self.send(text_data=fragments.tree_changed(self.invocation_id, timezone.now()))
+
+    async def attach_finished(self, event: dict[str, Any]) -> None:
+        # The shared wait for this invocation's result ended: show it without a reload.
+        await self.send(text_data=await database_sync_to_async(fragments.attach_panel)(self.invocation_id))
 
 
 class AuditLogConsumer(_PageConsumer):

@@ -20,8 +20,10 @@ from django.utils import timezone
 
 from invocations.reads.audit_filters import AuditFilterForm
 from invocations.reads.filters import DEFAULT_SORT, InvocationFilterForm, InvocationFilters
+from invocations.reads.presenters.attach import attach_panel_for
 from invocations.reads.presenters.audit import audit_context
 from invocations.reads.presenters.sync_health import sync_health
+from invocations.reads.selectors import attach as selectors_attach
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
 from invocations.reads.selectors.sync_state import sync_state_get
@@ -184,3 +186,16 @@ class AuditView:
         form.is_valid()
         context = audit_context(filters=form.filters(), query=self.query, before_id=None)
         return oob(render_to_string("invocations/audit.html#rows", context), "audit-table")
+
+
+def attach_panel(invocation_id: str) -> str:
+    """The attach panel as it is now: pushed when the shared wait ends (every attached page)."""
+    html = render_to_string("invocations/_attach.html", {"panel": attach_panel_for(invocation_id=invocation_id)})
+    return oob(html, "inv-attach")
+
+
+def attach_connect_state(invocation_id: str) -> str:
+    """On (re)connect: the panel, when a wait exists (it may have ended before this socket listened)."""
+    if not INVOCATION_ID_RE.match(invocation_id) or selectors_attach.attach_wait_get(invocation_id) is None:
+        return ""
+    return attach_panel(invocation_id)

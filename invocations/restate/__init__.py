@@ -4,12 +4,15 @@ Everything above imports from here; this package imports nothing of ours."""
 
 from invocations.restate.client import (
     OPERATIONS,
+    WORKFLOW_MAIN_HANDLER,
     InvocationResult,
     OperationResult,
     Outcome,
     RestateClient,
     ResultState,
+    ResultTarget,
     client_from_settings,
+    result_async,
 )
 from invocations.restate.errors import (
     InvalidInvocationId,
@@ -25,6 +28,7 @@ from invocations.restate.sql import sql_list, sql_literal
 __all__ = [
     "INVOCATION_ID_RE",
     "OPERATIONS",
+    "WORKFLOW_MAIN_HANDLER",
     "InvalidInvocationId",
     "InvocationResult",
     "OperationResult",
@@ -36,7 +40,9 @@ __all__ = [
     "RestateTimeout",
     "RestateUnavailable",
     "ResultState",
+    "ResultTarget",
     "client_from_settings",
+    "result_async",
     "sql_list",
     "sql_literal",
     "validate_invocation_id",

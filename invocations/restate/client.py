@@ -70,6 +70,7 @@ class InvocationResult:
     http_status: int
     body: str
     content_type: str = ""
+    truncated: bool = False  # the body was cut at the caller's bound
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -294,19 +295,89 @@ class RestateClient:
         response = self._request("GET", url, timeout=timeout)
         status = response.status_code
         content_type = response.headers.get("content-type", "")
-        if status == 200:
-            state = ResultState.SUCCEEDED
-        elif status == 470:
-            state = ResultState.NOT_READY
-        elif status == 404:
-            state = ResultState.NOT_FOUND
-        elif status >= 500 and status != 500:
-            raise RestateUnavailable(f"ingress answered {status} for {url}")
-        elif status in (400, 405) and b"idempotency" in response.content.lower():
-            state = ResultState.UNAVAILABLE
-        else:
-            state = ResultState.FAILED
-        return InvocationResult(state, status, response.text, content_type)
+        return InvocationResult(_result_state(status, response.content, url), status, response.text, content_type)
+
+    def result_now(self, target: ResultTarget) -> InvocationResult:
+        """`output` for a target (an invocation, or a workflow by its id): never blocks."""
+        return self._result(f"{self.ingress_url}{target.path('output')}", None)
+
+
+# ---------------------------------------------------------------- results by target (attach)
+
+# The workflow's main handler as the SDKs name it by default. Restate also attaches a
+# workflow's run by invocation id, so a main handler named otherwise still works.
+WORKFLOW_MAIN_HANDLER = "run"
+
+
+@dataclass(frozen=True)
+class ResultTarget:
+    """Whose result to wait for or fetch: an invocation by id, or a workflow run by
+    its workflow id (`/restate/workflow/{name}/{id}/...`)."""
+
+    invocation_id: str
+    workflow: str | None = None
+    workflow_id: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_invocation_id(self.invocation_id)
+
+    @property
+    def by_workflow(self) -> bool:
+        return self.workflow is not None and self.workflow_id is not None
+
+    def path(self, what: str) -> str:
+        if what not in ("attach", "output"):
+            raise ValueError(f"unknown result endpoint {what!r}")
+        if self.workflow is not None and self.workflow_id is not None:
+            return f"/restate/workflow/{quote(self.workflow, safe='')}/{quote(self.workflow_id, safe='')}/{what}"
+        return f"/restate/invocation/{quote(self.invocation_id, safe='')}/{what}"
+
+
+def _result_state(status: int, body: bytes, url: str) -> ResultState:
+    if status == 200:
+        return ResultState.SUCCEEDED
+    if status == 470:
+        return ResultState.NOT_READY
+    # A handler's terminal failure carries its own code (any, 503 included) and says
+    # "source": "invocation"; the ingress's own errors say "source": "ingress".
+    from_invocation = b'"source":"invocation"' in body.replace(b" ", b"")
+    if status == 404:
+        return ResultState.NOT_FOUND
+    if status >= 500 and status != 500 and not from_invocation:
+        raise RestateUnavailable(f"ingress answered {status} for {url}")
+    if status in (400, 405) and b"idempotency" in body.lower():
+        return ResultState.UNAVAILABLE
+    return ResultState.FAILED
+
+
+async def result_async(
+    ingress_url: str, target: ResultTarget, *, what: str, max_body: int, connect_timeout: float = 10.0
+) -> InvocationResult:
+    """GET a target's attach (blocks, with no read timeout: an invocation may run for
+    days) or output, asynchronously: an attach wait is one coroutine, not a thread.
+    The body is read up to `max_body` bytes; the rest is dropped, never held."""
+    url = f"{ingress_url.rstrip('/')}{target.path(what)}"
+    timeout = httpx.Timeout(connect_timeout, read=None if what == "attach" else connect_timeout)
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as http, http.stream("GET", url) as response:
+            chunks: list[bytes] = []
+            size = 0
+            truncated = False
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_body:
+                    truncated = True
+                    break
+            body = b"".join(chunks)[:max_body]
+            status = response.status_code
+            content_type = response.headers.get("content-type", "")
+    except httpx.TimeoutException as exc:
+        raise RestateTimeout(f"Restate did not answer GET {url} within the timeout") from exc
+    except httpx.TransportError as exc:
+        raise RestateUnavailable(f"cannot reach Restate at {url}: {exc}") from exc
+    state = _result_state(status, body, url)
+    return InvocationResult(state, status, body.decode("utf-8", errors="replace"), content_type, truncated)
 
 
 class _ChunkReader(io.RawIOBase):

@@ -199,7 +199,21 @@ def worker_commands(manage: list[str]) -> list[tuple[str, list[str]]]:
     worker = [*manage, "procrastinate", "worker"]
     return [
         ("bulk worker", [*worker, "--name", "bulk", "--queues", BULK_QUEUE, "--concurrency", "2"]),
-        ("attach worker", [*worker, "--name", "attach", "--queues", ATTACH_QUEUE, "--concurrency", "500"]),
+        # An attach may wait for days: on shutdown, hand it back to the queue after 5 s instead of waiting for it.
+        (
+            "attach worker",
+            [
+                *worker,
+                "--name",
+                "attach",
+                "--queues",
+                ATTACH_QUEUE,
+                "--concurrency",
+                "500",
+                "--shutdown-graceful-timeout",
+                "5",
+            ],
+        ),
     ]
 
 
