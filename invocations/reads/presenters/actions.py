@@ -10,6 +10,7 @@ from django.conf import settings
 
 from invocations.mirror.actions import Action, action_allowed, actions_allowed, cli_command, curl_command
 from invocations.mirror.models import Invocation
+from invocations.mirror.status import InvocationStatus
 from invocations.reads.selectors import actions as selectors_actions
 from invocations.reads.selectors import detail as selectors_detail
 
@@ -33,7 +34,7 @@ SUMMARY = {
 WHY_NOT = {
     Action.CANCEL: "it has already completed (purge it instead, to make Restate forget it)",
     Action.KILL: "it has already completed (purge it instead, to make Restate forget it)",
-    Action.PAUSE: "Restate pauses only a running invocation",
+    Action.PAUSE: "Restate pauses only a running or backing-off invocation",
     Action.RESUME: "Restate resumes only a paused invocation (a scheduled or queued one has not started yet)",
     Action.RETRY_NOW: "only a backing-off invocation waits for a retry",
     Action.RESTART_AS_NEW: "Restate restarts only a completed invocation, and never a workflow",
@@ -86,6 +87,13 @@ def _consequences(inv: Invocation, action: Action, reach: selectors_actions.Reac
         )
     if action is Action.RESTART_AS_NEW:
         out.append("The new invocation gets a new id (linked here once Restate answers); side effects run again.")
+    if action is Action.CANCEL and inv.status == InvocationStatus.BACKING_OFF:
+        out.append(
+            "It is backing off: the cancellation reaches its handler at the next attempt's first await point. "
+            "A handler that fails before any await keeps retrying; kill it instead."
+        )
+    if action is Action.PAUSE and inv.status == InvocationStatus.BACKING_OFF:
+        out.append("It stops retrying until someone resumes it.")
     if action is Action.PAUSE and inv.service_type != "service":
         out.append("A paused object or workflow invocation keeps its key's lock: calls to that key queue behind it.")
     if action is Action.RESUME:
