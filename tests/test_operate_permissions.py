@@ -174,10 +174,13 @@ def test_an_id_we_do_not_hold_has_no_confirmation_but_restate_decides_a_post(
 
 def test_an_action_not_allowed_in_this_status_is_a_409_without_a_button() -> None:
     inv = create_invocation(status="completed")
-    response = _client(Role.OPERATOR).get(_url(inv.id, Action.CANCEL))
+    c = _client(Role.OPERATOR)
+    response = c.get(_url(inv.id, Action.CANCEL))
     assert response.status_code == 409
     page = response.content.decode()
     assert "Not allowed in this state" in page and 'name="request_key"' not in page
+    dialog = c.get(_url(inv.id, Action.CANCEL), headers={"HX-Request": "true"})
+    assert dialog.status_code == 200 and "Not allowed in this state" in dialog.content.decode()
 
 
 def test_the_cancel_confirmation_lists_what_it_reaches() -> None:

@@ -97,8 +97,10 @@ def invocation_action(request: HtmxHttpRequest, invocation_id: str, action_name:
     # A fresh key per confirmation: submitting this form twice is one action.
     context["request_key"] = secrets.token_urlsafe(16)
     context["invocation_id"] = invocation_id
-    # 409: Restate would refuse it in this status, so the page offers no button.
-    return _render(request, "confirm", context, status=200 if context["allowed"] else 409)
+    # 409: Restate would refuse it in this status, so the page offers no button. htmx
+    # drops 4xx answers by default, so its dialog comes as a 200 saying the same.
+    refused = 409 if not context["allowed"] and not request.htmx else 200
+    return _render(request, "confirm", context, status=refused)
 
 
 def _act(request: HtmxHttpRequest, invocation_id: str, action: Action) -> HttpResponse:
