@@ -238,6 +238,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "invocations.views.context_processors.sync_state",
+                "invocations.views.context_processors.operate",
             ],
         },
     },

@@ -2,7 +2,7 @@ from urllib.parse import quote, unquote
 
 from django.urls import path, register_converter
 
-from invocations.views import attach, audit, detail, lists, service_map
+from invocations.views import actions, attach, audit, detail, lists, service_map
 
 
 class InvocationIdConverter:
@@ -29,6 +29,12 @@ urlpatterns = [
     path("invocations/<invocation_id:invocation_id>/children/", detail.tree_children, name="tree_children"),
     path("invocations/<invocation_id:invocation_id>/live/", detail.invocation_live, name="live"),
     path("invocations/<invocation_id:invocation_id>/attach/", attach.invocation_attach, name="attach"),
+    path("invocations/<invocation_id:invocation_id>/actions/", actions.action_menu, name="action_menu"),
+    path(
+        "invocations/<invocation_id:invocation_id>/actions/<str:action_name>/",
+        actions.invocation_action,
+        name="action",
+    ),
     path("services/", service_map.service_map, name="services"),
     path("audit/", audit.audit_log, name="audit"),
 ]

@@ -15,6 +15,7 @@ from django.utils import timezone
 from invocations import events
 from invocations.live import fragments
 from invocations.live.auth import CloseAtLogoutMixin
+from invocations.operations.roles import user_can_operate
 
 
 class _PageConsumer(CloseAtLogoutMixin):
@@ -53,6 +54,7 @@ class InvocationListConsumer(_PageConsumer):
         if view is None:
             await self.close(code=4400)
             return
+        view.can_operate = await database_sync_to_async(user_can_operate)(self.scope["user"])
         self.view = view
         await self._join([events.LIST_GROUP, events.SYNC_GROUP])
         await self.accept()

@@ -61,6 +61,8 @@ class ListView:
     shown: frozenset[str] = frozenset()
     # Rows counted by the banner so far (at most NEW_COUNT_CAP + 1); None until counted.
     new_ids: set[str] | None = None
+    # The connected user may act: rows are drawn with their action controls.
+    can_operate: bool = False
     _banner_sent: int | None = field(default=None, repr=False)
 
     @classmethod
@@ -119,7 +121,10 @@ class ListView:
         if not ids:
             return ""
         return "".join(
-            render_to_string("invocations/_row.html", {"inv": inv, "oob": True, "stale": not matches})
+            render_to_string(
+                "invocations/_row.html",
+                {"inv": inv, "oob": True, "stale": not matches, "can_operate": self.can_operate},
+            )
             for inv, matches in selectors.invocations_among(filters=self.filters, ids=list(ids))
         )
 

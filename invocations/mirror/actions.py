@@ -1,7 +1,10 @@
 """What can be done to an invocation, named once: the actions, the admin API
 operation each one sends, and the statuses in which Restate accepts it (verified
-on 1.7.12 by tests/test_operate_restate.py). Pages offer an action only where
+on 1.7.12 by tests/test_operate_actions.py). Pages offer an action only where
 this says Restate allows it; the bulk worker skips the rest without a call.
+
+Restate also answers 2xx to a few no-ops that are not offered: resume of a running
+invocation, pause of a paused one.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ class Action(models.TextChoices):
 ALLOWED_STATUSES: dict[Action, frozenset[InvocationStatus]] = {
     Action.CANCEL: NOT_COMPLETED,
     Action.KILL: NOT_COMPLETED,
-    Action.PAUSE: frozenset({S.RUNNING}),
+    # 1.7.12 pauses a backing-off invocation too (202): it then waits for a resume
+    # instead of its next retry. Scheduled and queued ones answer 409.
+    Action.PAUSE: frozenset({S.RUNNING, S.BACKING_OFF}),
     Action.RESUME: frozenset({S.PAUSED}),
     Action.RETRY_NOW: frozenset({S.BACKING_OFF}),
     Action.RESTART_AS_NEW: frozenset({S.COMPLETED}),

@@ -1,4 +1,5 @@
-"""Context every page gets: the mirror's sync state for the header indicator."""
+"""Context every page gets: the mirror's sync state for the header indicator, and whether
+the user may act (operators see action controls)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from django.http import HttpRequest
 from django.utils import timezone
 
+from invocations.operations.roles import user_can_operate
 from invocations.reads.presenters.sync_health import sync_health
 from invocations.reads.selectors.sync_state import sync_state_get
 
@@ -17,3 +19,9 @@ def sync_state(request: HttpRequest) -> dict[str, Any]:
         return {}
     sync = sync_state_get()
     return {"sync": sync, "sync_health": sync_health(sync, timezone.now())}
+
+
+def operate(request: HttpRequest) -> dict[str, Any]:
+    """`can_operate`: whether the page draws action controls (viewers get none at all)."""
+    user = getattr(request, "user", None)
+    return {"can_operate": user is not None and user_can_operate(user)}

@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_safe
 
 from invocations import restate
+from invocations.operations.roles import user_can_operate
 from invocations.reads.presenters.detail import detail_context, detail_live_html
 from invocations.reads.presenters.waterfall import MAX_EXPANSIONS, Expansion, children_rows
 from invocations.reads.selectors import detail as selectors_detail
@@ -87,7 +88,12 @@ def invocation_live(request: HttpRequest, invocation_id: str) -> HttpResponse:
         if e is not None and restate.INVOCATION_ID_RE.match(e.parent_id)
     ]
     try:
-        html = detail_live_html(invocation_id, expansions=expansions, fresh_after=fresh_after)
+        html = detail_live_html(
+            invocation_id,
+            expansions=expansions,
+            fresh_after=fresh_after,
+            can_operate=user_can_operate(request.user),
+        )
     except selectors_detail.InvocationNotFound:
         return _not_found(request, invocation_id)
     return HttpResponse(html)

@@ -59,16 +59,25 @@ def detail_context(
 LIVE_CACHE_S = 5
 
 
-def detail_live_html(invocation_id: str, *, expansions: list[Expansion], fresh_after: float) -> str:
+def detail_live_html(
+    invocation_id: str, *, expansions: list[Expansion], fresh_after: float, can_operate: bool = False
+) -> str:
     """The header and the tree as out-of-band swaps, from a render that started at or
     after `fresh_after` (epoch seconds): a cached one when it is that recent, else a new
-    one, made once for concurrent readers. Raises InvocationNotFound."""
+    one, made once for concurrent readers. Raises InvocationNotFound.
+
+    can_operate: draw the action controls; operators and viewers share separate renders,
+    so a viewer's copy never carries a control."""
     opened = ",".join(sorted(e.key for e in expansions))
-    key = f"live-detail:{invocation_id}:{hashlib.sha1(opened.encode()).hexdigest()}"
+    role = "op" if can_operate else "view"
+    key = f"live-detail:{role}:{invocation_id}:{hashlib.sha1(opened.encode()).hexdigest()}"
 
     def render() -> tuple[float, str]:
         started = time.time()  # before any read: this render sees every commit announced until now
-        context = detail_context(invocation_id, expansions=expansions, journal_rows=False) | {"oob": True}
+        context = detail_context(invocation_id, expansions=expansions, journal_rows=False) | {
+            "oob": True,
+            "can_operate": can_operate,
+        }
         html = render_to_string("invocations/detail.html#header", context) + render_to_string(
             "invocations/detail.html#tree", context
         )
