@@ -2,7 +2,7 @@ from urllib.parse import quote, unquote
 
 from django.urls import path, register_converter
 
-from invocations.views import detail, lists, service_map
+from invocations.views import detail, jobs, lists, service_map
 
 
 class InvocationIdConverter:
@@ -29,4 +29,8 @@ urlpatterns = [
     path("invocations/<invocation_id:invocation_id>/children/", detail.tree_children, name="tree_children"),
     path("invocations/<invocation_id:invocation_id>/live/", detail.invocation_live, name="live"),
     path("services/", service_map.service_map, name="services"),
+    path("jobs/", jobs.jobs, name="jobs"),
+    path("jobs/new/", jobs.job_preview, name="job_preview"),
+    path("jobs/<int:job_id>/", jobs.job_detail, name="job"),
+    path("jobs/<int:job_id>/stop/", jobs.job_stop, name="job_stop"),
 ]

@@ -22,6 +22,7 @@ from invocations.reads.filters import DEFAULT_SORT, InvocationFilterForm, Invoca
 from invocations.reads.presenters.sync_health import sync_health
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
+from invocations.reads.selectors import jobs as selectors_jobs
 from invocations.reads.selectors.sync_state import sync_state_get
 from invocations.restate import INVOCATION_ID_RE
 
@@ -162,3 +163,21 @@ def detail_connect_state(invocation_id: str, rendered: datetime | None) -> str:
     if rendered is None or (last_step is not None and last_step >= rendered):
         state += tree_changed(invocation_id, timezone.now())
     return state
+
+
+# ---------------------------------------------------------------- bulk jobs
+
+
+def job_progress(job_id: int) -> str:
+    """A job page's progress block (bar, counts, state) as it is now."""
+    job = selectors_jobs.job_get(job_id=job_id)
+    if job is None:
+        return ""
+    return oob(render_to_string("invocations/job.html#progress", {"job": job}), "job-progress")
+
+
+def jobs_table() -> str:
+    """The first page of the jobs' history (the only one that is live: newer jobs land on it)."""
+    return oob(
+        render_to_string("invocations/jobs.html#jobs_table", {"page": selectors_jobs.job_list(page=1)}), "jobs-table"
+    )
