@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 
+from demo.counting_proxy import CountingProxy
 from demo.stack import ManagedProcess, spawn
 from invocations.mirror.actions import Action
 from invocations.mirror.models import Invocation
@@ -101,56 +99,6 @@ def assert_counts_consistent(job: BulkJob) -> None:
     )
     assert job.processed == job.total == sum(states.values()), (job.total, states)
     assert not states[ItemState.PENDING] and not states[ItemState.SENT]
-
-
-class CountingProxy:
-    """Restate's admin API behind a proxy that counts each PATCH (and slows it, so a
-    worker can be killed in the middle of a batch)."""
-
-    def __init__(self, upstream: str, *, patch_delay_s: float = 0.0) -> None:
-        self.patches: Counter[str] = Counter()
-        self.queries = 0
-        lock = threading.Lock()
-        proxy = self
-        http = httpx.Client(timeout=30)
-
-        class Handler(BaseHTTPRequestHandler):
-            def _forward(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else None
-                with lock:
-                    if self.command == "PATCH":
-                        proxy.patches[self.path] += 1
-                    elif self.path == "/query":
-                        proxy.queries += 1
-                if self.command == "PATCH" and patch_delay_s:
-                    time.sleep(patch_delay_s)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                answer = http.request(self.command, upstream + self.path, content=body, headers=headers)
-                self.send_response(answer.status_code)
-                for key, value in answer.headers.items():
-                    if key.lower() not in ("transfer-encoding", "content-length", "connection", "content-encoding"):
-                        self.send_header(key, value)
-                self.send_header("content-length", str(len(answer.content)))
-                self.end_headers()
-                self.wfile.write(answer.content)
-
-            do_GET = do_POST = do_PATCH = _forward  # noqa: N815 - http.server names them so
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def patched_ids(self) -> Counter[str]:
-        return Counter({path.split("/")[2]: n for path, n in self.patches.items()})
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def start_worker(tmp_path: Path, *, admin_url: str, ingress_url: str, batch_size: int, name: str) -> ManagedProcess:
