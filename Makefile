@@ -48,3 +48,9 @@ clean-data:
 .PHONY: bench-pages
 bench-pages: $(STAMP) browser graphviz
 	$(PY) -m benchmarks.pages_bench
+
+# A bulk cancel of 10,000 invocations through our job runner against Restate's own CLI
+# by filter, in the same run (N=... to change the count).
+.PHONY: bench-bulk
+bench-bulk: $(STAMP)
+	$(PY) -m benchmarks.bulk_bench --n $(or $(N),10000)

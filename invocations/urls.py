@@ -2,7 +2,7 @@ from urllib.parse import quote, unquote
 
 from django.urls import path, register_converter
 
-from invocations.views import actions, attach, audit, detail, lists, service_map
+from invocations.views import actions, attach, audit, detail, jobs, lists, service_map
 
 
 class InvocationIdConverter:
@@ -37,4 +37,8 @@ urlpatterns = [
     ),
     path("services/", service_map.service_map, name="services"),
     path("audit/", audit.audit_log, name="audit"),
+    path("jobs/", jobs.jobs, name="jobs"),
+    path("jobs/new/", jobs.job_preview, name="job_preview"),
+    path("jobs/<int:job_id>/", jobs.job_detail, name="job"),
+    path("jobs/<int:job_id>/stop/", jobs.job_stop, name="job_stop"),
 ]

@@ -140,3 +140,39 @@ class AuditLogConsumer(_PageConsumer):
 
     async def audit_appended(self, event: dict[str, Any]) -> None:
         await self.send(text_data=await database_sync_to_async(self.view.rows)())
+
+
+class JobConsumer(_PageConsumer):
+    """A bulk job's page: its progress block, re-rendered after each batch commits."""
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        self.job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
+        html = await database_sync_to_async(fragments.job_progress)(self.job_id)
+        if not html:
+            await self.close(code=4404)
+            return
+        await self._join([events.job_group(self.job_id), events.SYNC_GROUP])
+        await self.accept()
+        # Again after joining: a batch that committed in between is not lost.
+        await self.send(text_data=await database_sync_to_async(fragments.job_progress)(self.job_id))
+
+    async def job_progressed(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=await database_sync_to_async(fragments.job_progress)(self.job_id))
+
+
+class JobsConsumer(_PageConsumer):
+    """The jobs' history: its first page, re-rendered when any job moves."""
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        await self._join([events.JOBS_GROUP, events.SYNC_GROUP])
+        await self.accept()
+        await self.send(text_data=await database_sync_to_async(fragments.jobs_table)())
+
+    async def job_progressed(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=await database_sync_to_async(fragments.jobs_table)())

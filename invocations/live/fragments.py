@@ -26,6 +26,7 @@ from invocations.reads.presenters.sync_health import sync_health
 from invocations.reads.selectors import attach as selectors_attach
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
+from invocations.reads.selectors import jobs as selectors_jobs
 from invocations.reads.selectors.sync_state import sync_state_get
 from invocations.restate import INVOCATION_ID_RE
 
@@ -204,3 +205,21 @@ def attach_connect_state(invocation_id: str) -> str:
     if not INVOCATION_ID_RE.match(invocation_id) or selectors_attach.attach_wait_get(invocation_id) is None:
         return ""
     return attach_panel(invocation_id)
+
+
+# ---------------------------------------------------------------- bulk jobs
+
+
+def job_progress(job_id: int) -> str:
+    """A job page's progress block (bar, counts, state) as it is now."""
+    job = selectors_jobs.job_get(job_id=job_id)
+    if job is None:
+        return ""
+    return oob(render_to_string("invocations/job.html#progress", {"job": job}), "job-progress")
+
+
+def jobs_table() -> str:
+    """The first page of the jobs' history (the only one that is live: newer jobs land on it)."""
+    return oob(
+        render_to_string("invocations/jobs.html#jobs_table", {"page": selectors_jobs.job_list(page=1)}), "jobs-table"
+    )

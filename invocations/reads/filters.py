@@ -22,6 +22,7 @@ from invocations.mirror.status import (
     Outcome,
 )
 from invocations.reads.presenters.formatting import iso_utc
+from invocations.records.models import BulkJobItem
 from invocations.restate import INVOCATION_ID_RE
 
 SORTS = {
@@ -76,6 +77,8 @@ class InvocationFilterForm(forms.Form):
     caller_service = forms.CharField(required=False, max_length=255)
     caller_handler = forms.CharField(required=False, max_length=255)
     kind = forms.ChoiceField(choices=[("", "any"), *EdgeKind.choices], required=False)
+    # The invocations one bulk job touched ("show these invocations" on a job's page).
+    job = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, label="Bulk job")
     sort = forms.ChoiceField(choices=[(k, v[0]) for k, v in SORTS.items()], required=False)
 
     def clean_q(self) -> str:
@@ -118,6 +121,7 @@ class InvocationFilters:
     caller_service: str = ""
     caller_handler: str = ""
     kind: str = ""
+    job: int | None = None
     sort: str = DEFAULT_SORT
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -141,6 +145,7 @@ class InvocationFilters:
             caller_service=data.get("caller_service") or "",
             caller_handler=data.get("caller_handler") or "",
             kind=data.get("kind") or "",
+            job=data.get("job") or None,
             sort=data.get("sort") or DEFAULT_SORT,
         )
 
@@ -189,6 +194,9 @@ class InvocationFilters:
                 callers &= Q(handler_name=self.caller_handler)
             edges = edges.filter(caller_id__in=Invocation.objects.filter(callers).values("id"))
             q &= Q(id__in=edges.values("callee_id"))
+        if self.job is not None:
+            # The job's snapshot, not its filter: the same set its counts speak of.
+            q &= Q(id__in=BulkJobItem.objects.filter(job_id=self.job).values("invocation_id"))
         return q
 
     def params(self, **changes: Any) -> dict[str, Any]:
@@ -211,6 +219,7 @@ class InvocationFilters:
             "caller_service": self.caller_service,
             "caller_handler": self.caller_handler,
             "kind": self.kind,
+            "job": "" if self.job is None else str(self.job),
             "sort": "" if self.sort == DEFAULT_SORT else self.sort,
         }
         values.update(changes)
@@ -222,6 +231,17 @@ class InvocationFilters:
     @property
     def active(self) -> bool:
         return bool(self.params(sort=None))
+
+    def describe(self) -> str:
+        """The filter in words, for a bulk job's record ("every invocation" when none is set)."""
+        params = self.params(sort=None)
+        if not params:
+            return "every invocation"
+        parts = []
+        for name, value in params.items():
+            shown = " or ".join(value) if isinstance(value, list) else value
+            parts.append("roots only" if name == "roots" else f"{name} = {shown}")
+        return "; ".join(parts)
 
 
 def without_empty(query: QueryDict) -> str | None:
