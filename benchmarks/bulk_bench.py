@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ],
                 [
                     [
-                        f"ours: bulk job, batches of {bulk.BATCH_SIZE}, {bulk.CONCURRENCY} in flight",
+                        f"ours: bulk job, batches of {bulk.MAX_BATCH_SIZE}, {bulk.CONCURRENCY} in flight",
                         f"{ours_s:.1f}",
                         f"{ours_done_s:.1f}",
                         ours_calls[0],

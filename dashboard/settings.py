@@ -312,3 +312,6 @@ LOGGING = {
 # deferred in the same transaction as the rows that describe them.
 PROCRASTINATE_IMPORT_PATHS = ["invocations.operations.tasks"]
 PROCRASTINATE_AUTODISCOVER_MODULE_NAME = "tasks"
+# Ids per bulk-job batch (one status query to Restate, then that many PATCHes); at
+# most 1,000, lower only to see a job stop between batches.
+BULK_BATCH_SIZE = min(1000, env_int("BULK_BATCH_SIZE", 1000))

@@ -3,7 +3,7 @@ procrastinate worker in batches.
 
 Starting a job snapshots its targets (one INSERT ... SELECT) and defers the task in
 the same transaction, so a job exists with its items and its task, or not at all.
-The worker then takes at most BATCH_SIZE items at a time and, for each batch:
+The worker then takes at most BULK_BATCH_SIZE (setting, <= 1,000) items at a time and, for each batch:
 
 1. marks them `sent` and commits *before* calling Restate: a worker killed in the
    middle leaves `sent` items behind, which is how a resumed run knows what may
@@ -23,12 +23,12 @@ without being sent again. Stop is checked between batches.
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import connection, transaction
 from django.db.models import Count, QuerySet
@@ -57,10 +57,9 @@ log = logging.getLogger(__name__)
 # The issue's bound: at most this many ids per call to Restate (one status query per
 # batch). BULK_BATCH_SIZE can only lower it (tests use small batches to stop mid-job).
 MAX_BATCH_SIZE = 1000
-BATCH_SIZE = max(1, min(MAX_BATCH_SIZE, int(os.environ.get("BULK_BATCH_SIZE") or MAX_BATCH_SIZE)))
 # PATCHes in flight at once: enough to hide the round trip, few enough not to crowd
 # Restate's admin API while it also serves the sync engine and the pages.
-CONCURRENCY = 16
+CONCURRENCY = 64
 
 # What a resumed run accepts as "this action already took effect" for an item it had sent.
 _ALREADY_DONE: dict[Action, Callable[[dict[str, Any]], bool]] = {
@@ -199,19 +198,20 @@ class _Verdict:
     http_status: int | None = None
 
 
-def job_run(*, job_id: int, client: RestateClient | None = None, batch_size: int = BATCH_SIZE) -> None:
+def job_run(*, job_id: int, client: RestateClient | None = None, batch_size: int | None = None) -> None:
     """Run the job to its end (or its stop): what the procrastinate task does."""
     own = client is None
     restate = client or client_from_settings()
     try:
-        while job_run_batch(job_id=job_id, client=restate, batch_size=min(batch_size, MAX_BATCH_SIZE)):
+        size = min(batch_size or settings.BULK_BATCH_SIZE, MAX_BATCH_SIZE)
+        while job_run_batch(job_id=job_id, client=restate, batch_size=size):
             pass
     finally:
         if own:
             restate.close()
 
 
-def job_run_batch(*, job_id: int, client: RestateClient, batch_size: int = BATCH_SIZE) -> bool:
+def job_run_batch(*, job_id: int, client: RestateClient, batch_size: int = MAX_BATCH_SIZE) -> bool:
     """One step: the next batch (items left `sent` by a killed run first). True while more remain."""
     with transaction.atomic():
         job = BulkJob.objects.select_for_update().filter(id=job_id).first()

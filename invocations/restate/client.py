@@ -7,11 +7,10 @@ function); this module only carries it.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -107,13 +106,11 @@ class RestateClient:
 
     # -- transport
 
-    def _request(
-        self, method: str, url: str, *, timeout: float | None = None, http: httpx.Client | None = None, **kwargs: Any
-    ) -> httpx.Response:
+    def _request(self, method: str, url: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
         try:
             if timeout is not None:
                 kwargs["timeout"] = httpx.Timeout(timeout)
-            return (http or self._http).request(method, url, **kwargs)
+            return self._http.request(method, url, **kwargs)
         except httpx.TimeoutException as exc:
             raise RestateTimeout(f"Restate did not answer {method} {url} within the timeout") from exc
         except httpx.TransportError as exc:
@@ -192,64 +189,53 @@ class RestateClient:
 
     # -- admin: invocation operations
 
-    def operate(self, operation: str, invocation_id: str, *, http: httpx.Client | None = None) -> OperationResult:
+    def _operation_url(self, operation: str, invocation_id: str) -> str:
         if operation not in OPERATIONS:
             raise ValueError(f"unknown operation {operation!r}; expected one of {', '.join(OPERATIONS)}")
         validate_invocation_id(invocation_id)
-        url = f"{self.admin_url}/invocations/{quote(invocation_id, safe='')}/{operation}"
-        response = self._request("PATCH", url, http=http)
-        status = response.status_code
-        if status >= 500:
-            raise RestateUnavailable(
-                f"{operation} {invocation_id}: Restate answered {status}: {_error_message(response)}"
-            )
-        data: dict[str, Any] = {}
-        if status < 300 and response.content:
-            try:
-                data = response.json()
-            except ValueError:
-                data = {}
-        outcome = Outcome.DONE if status < 300 else _OUTCOME_BY_STATUS.get(status, Outcome.INVALID)
-        message = _OPERATION_MESSAGES.get((operation, outcome)) or _error_message(response) or outcome.value
-        return OperationResult(operation, invocation_id, outcome, status, message, data)
+        return f"{self.admin_url}/invocations/{quote(invocation_id, safe='')}/{operation}"
+
+    def operate(self, operation: str, invocation_id: str) -> OperationResult:
+        response = self._request("PATCH", self._operation_url(operation, invocation_id))
+        return _operation_result(operation, invocation_id, response)
 
     def operate_many(
-        self, operation: str, invocation_ids: list[str], *, concurrency: int = 16
+        self, operation: str, invocation_ids: list[str], *, concurrency: int = 64
     ) -> dict[str, OperationResult | RestateError]:
         """`operate` for each id, at most `concurrency` PATCHes in flight at once.
 
         Restate 1.7's admin API has no batch endpoint (one PATCH per invocation), so a
-        bulk job's batch is sent as concurrent single calls. A failure to reach Restate
-        is returned for that id (not raised), so one lost answer does not hide the others.
+        bulk job's batch is sent as concurrent single calls: coroutines on one event
+        loop and one connection pool (threads with a blocking client managed ~400
+        calls/s here, held back by the GIL). A failure to reach Restate is returned
+        for that id (not raised), so one lost answer does not hide the others.
         """
-        if operation not in OPERATIONS:
-            raise ValueError(f"unknown operation {operation!r}; expected one of {', '.join(OPERATIONS)}")
-
-        if not invocation_ids:
+        urls = {invocation_id: self._operation_url(operation, invocation_id) for invocation_id in invocation_ids}
+        if not urls:
             return {}
-        # A connection pool per thread: one httpx pool shared by many threads failed
-        # under load here ("[Errno 9] Bad file descriptor" on reads, seen at 10k sends).
-        local = threading.local()
-        clients: list[httpx.Client] = []
-        lock = threading.Lock()
 
-        def one(invocation_id: str) -> OperationResult | RestateError:
-            http = getattr(local, "http", None)
-            if http is None:
-                http = local.http = httpx.Client(timeout=httpx.Timeout(self.timeout))
-                with lock:
-                    clients.append(http)
-            try:
-                return self.operate(operation, invocation_id, http=http)
-            except RestateError as exc:
-                return exc
+        async def send_all() -> dict[str, OperationResult | RestateError]:
+            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+            gate = asyncio.Semaphore(concurrency)
+            async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits) as http:
 
-        try:
-            with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(invocation_ids)))) as pool:
-                return dict(zip(invocation_ids, pool.map(one, invocation_ids), strict=True))
-        finally:
-            for http in clients:
-                http.close()
+                async def one(invocation_id: str) -> OperationResult | RestateError:
+                    async with gate:
+                        try:
+                            response = await http.patch(urls[invocation_id])
+                        except httpx.TimeoutException:
+                            return RestateTimeout(f"Restate did not answer {operation} {invocation_id} in time")
+                        except httpx.TransportError as exc:
+                            return RestateUnavailable(f"cannot reach Restate for {operation} {invocation_id}: {exc}")
+                    try:
+                        return _operation_result(operation, invocation_id, response)
+                    except RestateError as exc:
+                        return exc
+
+                answers = await asyncio.gather(*(one(invocation_id) for invocation_id in urls))
+            return dict(zip(urls, answers, strict=True))
+
+        return asyncio.run(send_all())
 
     def cancel(self, invocation_id: str) -> OperationResult:
         return self.operate("cancel", invocation_id)
@@ -420,6 +406,21 @@ async def result_async(
         raise RestateUnavailable(f"cannot reach Restate at {url}: {exc}") from exc
     state = _result_state(status, body, url)
     return InvocationResult(state, status, body.decode("utf-8", errors="replace"), content_type, truncated)
+
+
+def _operation_result(operation: str, invocation_id: str, response: httpx.Response) -> OperationResult:
+    status = response.status_code
+    if status >= 500:
+        raise RestateUnavailable(f"{operation} {invocation_id}: Restate answered {status}: {_error_message(response)}")
+    data: dict[str, Any] = {}
+    if status < 300 and response.content:
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+    outcome = Outcome.DONE if status < 300 else _OUTCOME_BY_STATUS.get(status, Outcome.INVALID)
+    message = _OPERATION_MESSAGES.get((operation, outcome)) or _error_message(response) or outcome.value
+    return OperationResult(operation, invocation_id, outcome, status, message, data)
 
 
 class _ChunkReader(io.RawIOBase):
