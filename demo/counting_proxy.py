@@ -16,6 +16,11 @@ import httpx
 _HOP_BY_HOP = {"transfer-encoding", "content-length", "connection", "content-encoding", "keep-alive"}
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog (5) resets connections when a bulk job opens 64 at once.
+    request_queue_size = 256
+
+
 class CountingProxy:
     def __init__(self, upstream: str, *, patch_delay_s: float = 0.0) -> None:
         self.patches: Counter[str] = Counter()
@@ -71,7 +76,7 @@ class CountingProxy:
                 pass
 
         self._clients = clients
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

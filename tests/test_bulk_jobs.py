@@ -391,3 +391,13 @@ def test_the_list_filters_to_a_jobs_invocations(operator_client: Client) -> None
     BulkJobItem.objects.create(job=job, invocation_id=a.id)
     text = operator_client.get(f"/invocations/?job={job.id}").content.decode()
     assert a.id in text and b.id not in text
+
+
+def test_a_lost_answer_is_re_checked_once_before_it_counts_as_failed() -> None:
+    from invocations.operations.bulk import _after_sending
+    from invocations.restate import RestateUnavailable
+
+    lost = RestateUnavailable("connection reset")
+    assert _after_sending(Action.CANCEL, lost, resumed=False) is None, "left `sent`: the next batch re-checks it"
+    verdict = _after_sending(Action.CANCEL, lost, resumed=True)
+    assert verdict is not None and verdict.state == ItemState.FAILED and "twice" in verdict.message

@@ -258,7 +258,9 @@ def job_run_batch(*, job_id: int, client: RestateClient, batch_size: int = MAX_B
     answers = client.operate_many(action.operation, to_send, concurrency=CONCURRENCY)
     calls += len(to_send)
     for invocation_id, answer in answers.items():
-        verdicts[invocation_id] = _after_sending(action, answer)
+        verdict = _after_sending(action, answer, resumed=invocation_id in resumed_set)
+        if verdict is not None:
+            verdicts[invocation_id] = verdict
     return _record(job_id, action, batch, verdicts, sent=to_send, calls=calls)
 
 
@@ -320,9 +322,17 @@ def _before_sending(action: Action, row: dict[str, Any] | None, *, resumed: bool
     return None
 
 
-def _after_sending(action: Action, answer: OperationResult | RestateError) -> _Verdict:
+def _after_sending(action: Action, answer: OperationResult | RestateError, *, resumed: bool) -> _Verdict | None:
+    """The recorded result of a PATCH, or None: leave the item `sent` for the next batch.
+
+    A lost connection says nothing about whether Restate applied the action: the item
+    stays `sent`, so the next batch re-checks it in Restate before sending it once more.
+    Only a second loss (an item that was already being resumed) is recorded as failed.
+    """
     if isinstance(answer, RestateError):
-        return _Verdict(ItemState.FAILED, "unreachable", f"Restate did not answer: {answer}")
+        if not resumed:
+            return None
+        return _Verdict(ItemState.FAILED, "unreachable", f"Restate did not answer (twice): {answer}")
     state = ItemState.SUCCEEDED if answer.outcome is RestateOutcome.DONE else ItemState.FAILED
     words = outcome_words(action=action, outcome=answer.outcome.value)
     return _Verdict(state, words, answer.message, answer.http_status)
