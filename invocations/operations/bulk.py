@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH_SIZE = 1000
 # PATCHes in flight at once: enough to hide the round trip, few enough not to crowd
 # Restate's admin API while it also serves the sync engine and the pages.
-CONCURRENCY = 64
+CONCURRENCY = 16
 
 # What a resumed run accepts as "this action already took effect" for an item it had sent.
 _ALREADY_DONE: dict[Action, Callable[[dict[str, Any]], bool]] = {

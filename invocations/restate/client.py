@@ -7,15 +7,17 @@ function); this module only carries it.
 
 from __future__ import annotations
 
-import asyncio
+import http.client
 import io
 import json
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -200,42 +202,66 @@ class RestateClient:
         return _operation_result(operation, invocation_id, response)
 
     def operate_many(
-        self, operation: str, invocation_ids: list[str], *, concurrency: int = 64
+        self, operation: str, invocation_ids: list[str], *, concurrency: int = 16
     ) -> dict[str, OperationResult | RestateError]:
         """`operate` for each id, at most `concurrency` PATCHes in flight at once.
 
         Restate 1.7's admin API has no batch endpoint (one PATCH per invocation), so a
-        bulk job's batch is sent as concurrent single calls: coroutines on one event
-        loop and one connection pool (threads with a blocking client managed ~400
-        calls/s here, held back by the GIL). A failure to reach Restate is returned
-        for that id (not raised), so one lost answer does not hide the others.
+        bulk job's batch is sent as concurrent single calls. Each thread keeps one
+        keep-alive connection of the standard library's http.client: measured here
+        against restate-server, httpx managed ~500 PATCHes/s (threads) or ~200/s
+        (asyncio), http.client ~2,200/s, what Restate's own CLI reaches. A failure to
+        reach Restate is returned for that id (not raised), so one lost answer does
+        not hide the others.
         """
-        urls = {invocation_id: self._operation_url(operation, invocation_id) for invocation_id in invocation_ids}
-        if not urls:
+        paths = {invocation_id: self._operation_url(operation, invocation_id) for invocation_id in invocation_ids}
+        if not paths:
             return {}
+        target = urlsplit(self.admin_url)
+        local = threading.local()
+        opened: list[http.client.HTTPConnection] = []
+        lock = threading.Lock()
 
-        async def send_all() -> dict[str, OperationResult | RestateError]:
-            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-            gate = asyncio.Semaphore(concurrency)
-            async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits) as http:
+        def connection() -> http.client.HTTPConnection:
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                kind = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
+                conn = local.conn = kind(target.hostname or "localhost", target.port, timeout=self.timeout)
+                with lock:
+                    opened.append(conn)
+            return conn
 
-                async def one(invocation_id: str) -> OperationResult | RestateError:
-                    async with gate:
-                        try:
-                            response = await http.patch(urls[invocation_id])
-                        except httpx.TimeoutException:
-                            return RestateTimeout(f"Restate did not answer {operation} {invocation_id} in time")
-                        except httpx.TransportError as exc:
-                            return RestateUnavailable(f"cannot reach Restate for {operation} {invocation_id}: {exc}")
-                    try:
-                        return _operation_result(operation, invocation_id, response)
-                    except RestateError as exc:
-                        return exc
+        def one(invocation_id: str) -> OperationResult | RestateError:
+            path = urlsplit(paths[invocation_id]).path
+            for attempt in (1, 2):
+                conn = connection()
+                try:
+                    conn.request("PATCH", path, headers={"content-length": "0"})
+                    answer = conn.getresponse()
+                    body = answer.read()
+                except TimeoutError:
+                    conn.close()
+                    return RestateTimeout(f"Restate did not answer {operation} {invocation_id} in time")
+                except (OSError, http.client.HTTPException) as exc:
+                    conn.close()
+                    local.conn = None
+                    # A keep-alive connection the server closed meanwhile: once more on a new one.
+                    if attempt == 2 or not isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError):
+                        return RestateUnavailable(f"cannot reach Restate for {operation} {invocation_id}: {exc}")
+                    continue
+                response = httpx.Response(answer.status, content=body, headers=answer.getheaders())
+                try:
+                    return _operation_result(operation, invocation_id, response)
+                except RestateError as exc:
+                    return exc
+            raise AssertionError("unreachable")
 
-                answers = await asyncio.gather(*(one(invocation_id) for invocation_id in urls))
-            return dict(zip(urls, answers, strict=True))
-
-        return asyncio.run(send_all())
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(paths)))) as pool:
+                return dict(zip(paths, pool.map(one, paths), strict=True))
+        finally:
+            for conn in opened:
+                conn.close()
 
     def cancel(self, invocation_id: str) -> OperationResult:
         return self.operate("cancel", invocation_id)
