@@ -304,7 +304,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # procrastinate logs each task registration at INFO, on every manage.py command.
-    "loggers": {"httpx": {"level": "WARNING"}, "procrastinate.blueprints": {"level": "WARNING"}},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "procrastinate.blueprints": {"level": "WARNING"},
+        "procrastinate.periodic": {"level": "WARNING"},
+    },
 }
 
 # Bulk jobs and attach waits run in procrastinate workers (`manage.py procrastinate

@@ -61,6 +61,8 @@ def test_an_operator_runs_a_bulk_cancel_from_the_list_and_watches_it_finish_live
     progress = page.locator("#job-progress")
     expect(progress).to_contain_text("Queued")
     expect(progress).to_contain_text("0%")
+    expect(progress.locator("button", has_text="Stop job")).to_be_visible()
+    expect(page.locator("#job-items tbody tr.item-pending")).to_have_count(60)
     page.wait_for_selector("#live[data-state=live]")
 
     # From here the page is not reloaded: every change arrives over the websocket.
@@ -87,6 +89,10 @@ def test_an_operator_runs_a_bulk_cancel_from_the_list_and_watches_it_finish_live
         expect(progress).to_contain_text("Finished")
         expect(progress).to_contain_text("60 succeeded")
         expect(progress.locator("progress")).to_have_attribute("value", "60")
+        # The results table and the stop button follow the job too, without a reload.
+        expect(page.locator("#job-items tbody tr.item-pending")).to_have_count(0)
+        expect(page.locator("#job-items tbody tr.item-succeeded")).to_have_count(60)
+        expect(progress.locator("button", has_text="Stop job")).to_have_count(0)
     finally:
         worker.stop()
         proxy.close()

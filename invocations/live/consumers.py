@@ -16,6 +16,7 @@ from invocations import events
 from invocations.live import fragments
 from invocations.live.auth import CloseAtLogoutMixin
 from invocations.operations.roles import user_can_operate
+from invocations.records.models import ItemState
 
 
 class _PageConsumer(CloseAtLogoutMixin):
@@ -150,17 +151,32 @@ class JobConsumer(_PageConsumer):
             await self.close(code=4401)
             return
         self.job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
-        html = await database_sync_to_async(fragments.job_progress)(self.job_id)
+        query = self.query()
+        state = query.get("state", [""])[-1]
+        raw_page = query.get("page", ["1"])[-1]
+        if (state and state not in ItemState.values) or not raw_page.isdigit() or len(raw_page) > 9:
+            await self.close(code=4400)
+            return
+        user = self.scope["user"]
+        self.view = {
+            "state": state,
+            "page": int(raw_page),
+            "can_operate": await database_sync_to_async(user_can_operate)(user),
+        }
+        html = await self._render()
         if not html:
             await self.close(code=4404)
             return
         await self._join([events.job_group(self.job_id), events.SYNC_GROUP])
         await self.accept()
         # Again after joining: a batch that committed in between is not lost.
-        await self.send(text_data=await database_sync_to_async(fragments.job_progress)(self.job_id))
+        await self.send(text_data=await self._render())
+
+    async def _render(self) -> str:
+        return await database_sync_to_async(fragments.job_progress)(self.job_id, **self.view)
 
     async def job_progressed(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=await database_sync_to_async(fragments.job_progress)(self.job_id))
+        await self.send(text_data=await self._render())
 
 
 class JobsConsumer(_PageConsumer):

@@ -28,6 +28,7 @@ from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
 from invocations.reads.selectors import jobs as selectors_jobs
 from invocations.reads.selectors.sync_state import sync_state_get
+from invocations.records.models import ItemState
 from invocations.restate import INVOCATION_ID_RE
 
 if TYPE_CHECKING:
@@ -210,12 +211,22 @@ def attach_connect_state(invocation_id: str) -> str:
 # ---------------------------------------------------------------- bulk jobs
 
 
-def job_progress(job_id: int) -> str:
-    """A job page's progress block (bar, counts, state) as it is now."""
+def job_progress(job_id: int, *, can_operate: bool = False, state: str = "", page: int = 1) -> str:
+    """A job page as it is now: the progress block (bar, counts, state, stop button) and
+    the page of per-invocation results it shows ("" for an unknown job)."""
     job = selectors_jobs.job_get(job_id=job_id)
     if job is None:
         return ""
-    return oob(render_to_string("invocations/job.html#progress", {"job": job}), "job-progress")
+    context = {
+        "job": job,
+        "can_operate": can_operate,
+        "items": selectors_jobs.job_items(job_id=job.id, state=state, page=page),
+        "state": state,
+        "states": ItemState.choices,
+    }
+    return oob(render_to_string("invocations/job.html#progress", context), "job-progress") + oob(
+        render_to_string("invocations/job.html#items", context), "job-items"
+    )
 
 
 def jobs_table() -> str:
