@@ -1,0 +1,60 @@
+"""Deadlocks in real Restate, found in our copy: the demo's hop objects deadlock
+across two keys (Alpha -> Beta -> Alpha) and three (Alpha -> Beta -> Gamma -> Alpha);
+the wait-for graph built from the mirror finds exactly the members of each."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from invocations.mirror.models import Invocation, QueuedInvocation
+from invocations.mirror.sync.engine import SyncEngine
+from invocations.reads.selectors.waits import deadlocks_get
+from invocations.restate import RestateClient, sql_literal
+from tests.conftest import sync_until, wait_for_restate
+
+pytestmark = pytest.mark.integration
+
+
+def _deadlock(restate: RestateClient, engine: SyncEngine, path: list[str]) -> tuple[str, set[str]]:
+    key = f"dl-{uuid.uuid4().hex[:10]}"
+    root = restate.send("Alpha", "hop", key=key, payload=path)
+    # Deadlocked when the call that comes back to Alpha/key waits in its inbox.
+    wait_for_restate(
+        restate,
+        f"SELECT id FROM sys_inbox WHERE service_name = 'Alpha' AND service_key = {sql_literal(key)}",
+        lambda rows: len(rows) == 1,
+    )
+    members = {
+        row["id"]
+        for row in restate.query(f"SELECT id FROM sys_invocation WHERE target_service_key = {sql_literal(key)}")
+    }
+    sync_until(
+        engine,
+        lambda: (
+            QueuedInvocation.objects.filter(service_key=key).exists()
+            and Invocation.objects.filter(id__in=members).count() == len(members)
+            and any(set(d.members) == members for d in deadlocks_get())
+        ),
+        what=f"the deadlock on {key} in our copy",
+    )
+    return root, members
+
+
+@pytest.mark.parametrize(("path", "size"), [(["Beta", "Alpha"], 3), (["Beta", "Gamma", "Alpha"], 4)])
+def test_a_deadlock_is_found_with_exactly_its_members(
+    restate: RestateClient, engine: SyncEngine, path: list[str], size: int
+) -> None:
+    root, members = _deadlock(restate, engine, path)
+    try:
+        (cycle,) = [d for d in deadlocks_get() if root in d.members]
+        assert set(cycle.members) == members and len(members) == size
+        assert {service for service, _ in cycle.keys} == {"Alpha", *path}
+    finally:
+        restate.kill(root)  # a kill reaches the whole call tree and frees the keys
+    sync_until(
+        engine,
+        lambda: not any(root in d.members for d in deadlocks_get()),
+        what="the killed deadlock to leave our copy's cycles",
+    )
