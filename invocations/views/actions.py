@@ -26,7 +26,7 @@ from invocations.reads.presenters.actions import (
     result_context,
 )
 from invocations.reads.selectors.detail import InvocationNotFound
-from invocations.views.errors import bad_request, error_page, not_found
+from invocations.views.errors import bad_request, forbidden, not_found
 from invocations.views.http import HtmxHttpRequest
 
 TEMPLATE = "invocations/_actions.html"
@@ -35,11 +35,10 @@ MAX_REQUEST_KEY = 64
 
 
 def _forbidden(request: HtmxHttpRequest) -> HttpResponse:
-    return error_page(
+    return forbidden(
         request,
+        "Your role is viewer: you can see everything and attach, but only operators can act on invocations.",
         title="Operators only",
-        message="Your role is viewer: you can see everything and attach, but only operators can act on invocations.",
-        status=403,
     )
 
 

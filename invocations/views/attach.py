@@ -11,7 +11,7 @@ from django.views.decorators.http import require_http_methods
 from invocations import restate
 from invocations.operations import attach as attach_service
 from invocations.reads.presenters.attach import attach_panel_for
-from invocations.views.errors import bad_request, error_page
+from invocations.views.errors import bad_request, forbidden
 from invocations.views.http import HtmxHttpRequest
 
 
@@ -28,7 +28,7 @@ def invocation_attach(request: HtmxHttpRequest, invocation_id: str) -> HttpRespo
         try:
             attach_service.attach_request(user=request.user, invocation_id=invocation_id)
         except attach_service.NotAllowed as exc:
-            return error_page(request, title="Not allowed", message=str(exc), status=403)
+            return forbidden(request, str(exc))
     panel = attach_panel_for(invocation_id=invocation_id)
     if request.htmx:
         return render(request, "invocations/_attach.html", {"panel": panel})

@@ -1,4 +1,4 @@
-"""The one error page, with the status that says what went wrong (400 bad input, 404 unknown)."""
+"""The one error page, with the status that says what went wrong (400 bad input, 403 not for your role, 404 unknown)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ def error_page(request: HttpRequest, *, title: str, message: str, status: int) -
 
 def bad_request(request: HttpRequest, title: str, message: str) -> HttpResponse:
     return error_page(request, title=title, message=message, status=400)
+
+
+def forbidden(request: HttpRequest, message: str, *, title: str = "Not allowed") -> HttpResponse:
+    return error_page(request, title=title, message=message, status=403)
 
 
 def not_found(request: HttpRequest, title: str, message: str) -> HttpResponse:

@@ -18,37 +18,28 @@ from invocations.operations.services import NotAllowed
 from invocations.reads.filters import InvocationFilterForm, InvocationFilters
 from invocations.reads.selectors import jobs as selectors
 from invocations.records.models import ItemState
-from invocations.views.errors import bad_request, error_page, not_found
+from invocations.views.errors import bad_request, forbidden, form_problems, not_found
 from invocations.views.http import HtmxHttpRequest
 
 # A job id beyond PostgreSQL's bigint is no job of ours (and would overflow the query).
 MAX_JOB_ID = 2**63 - 1
 
 
-def _forbidden(request: HtmxHttpRequest, message: str) -> HttpResponse:
-    return error_page(request, title="Not allowed", message=message, status=403)
-
-
-def _action(raw: str | None) -> Action | None:
+def _bulk_request(request: HtmxHttpRequest, data: QueryDict) -> tuple[Action, InvocationFilters] | HttpResponse:
+    """The action and the list filter a dry run or a start names, or the 400 saying what is wrong."""
+    raw = data.get("action") or ""
     try:
-        return Action(raw or "")
+        action = Action(raw)
     except ValueError:
-        return None
-
-
-def _filters(raw: str) -> tuple[InvocationFilters | None, str]:
-    """The list filter carried as its query string, validated as the list validates it."""
-    if len(raw) > 10_000:
-        return None, "the filter is too long"
-    form = InvocationFilterForm(QueryDict(raw))
+        choices = ", ".join(a.value for a in Action)
+        return bad_request(request, "Bad bulk action", f"{raw or 'no action'!r} is not one of: {choices}")
+    query = data.get("filter", "")
+    if len(query) > 10_000:
+        return bad_request(request, "Bad filter", "the filter is too long")
+    form = InvocationFilterForm(QueryDict(query))
     if not form.is_valid():
-        return None, "; ".join(f"{name}: {' '.join(map(str, errors))}" for name, errors in form.errors.items())
-    return InvocationFilters.from_form(form.cleaned_data), ""
-
-
-def _bad_action(request: HtmxHttpRequest, raw: str | None) -> HttpResponse:
-    choices = ", ".join(a.value for a in Action)
-    return bad_request(request, "Bad bulk action", f"{raw or 'no action'!r} is not one of: {choices}")
+        return bad_request(request, "Bad filter", form_problems(form))
+    return action, InvocationFilters.from_form(form.cleaned_data)
 
 
 @require_safe
@@ -56,13 +47,11 @@ def _bad_action(request: HtmxHttpRequest, raw: str | None) -> HttpResponse:
 def job_preview(request: HtmxHttpRequest) -> HttpResponse:
     """The dry run: what the action would touch under the list's filter, and the form that starts it."""
     if not user_can_operate(request.user):
-        return _forbidden(request, "Only operators can run bulk actions.")
-    action = _action(request.GET.get("action"))
-    if action is None:
-        return _bad_action(request, request.GET.get("action"))
-    filters, problem = _filters(request.GET.get("filter", ""))
-    if filters is None:
-        return bad_request(request, "Bad filter", problem)
+        return forbidden(request, "Only operators can run bulk actions.")
+    parsed = _bulk_request(request, request.GET)
+    if isinstance(parsed, HttpResponse):
+        return parsed
+    action, filters = parsed
     context = {
         "preview": selectors.bulk_preview(filters=filters, action=action),
         "filters": filters,
@@ -91,13 +80,11 @@ def jobs(request: HtmxHttpRequest) -> HttpResponse:
 
 def _job_start(request: HtmxHttpRequest) -> HttpResponse:
     if not user_can_operate(request.user):
-        return _forbidden(request, "Only operators can start bulk jobs.")
-    action = _action(request.POST.get("action"))
-    if action is None:
-        return _bad_action(request, request.POST.get("action"))
-    filters, problem = _filters(request.POST.get("filter", ""))
-    if filters is None:
-        return bad_request(request, "Bad filter", problem)
+        return forbidden(request, "Only operators can start bulk jobs.")
+    parsed = _bulk_request(request, request.POST)
+    if isinstance(parsed, HttpResponse):
+        return parsed
+    action, filters = parsed
     request_key = request.POST.get("request_key") or None
     try:
         job = bulk.bulk_start(
@@ -110,7 +97,7 @@ def _job_start(request: HtmxHttpRequest) -> HttpResponse:
             request_key=request_key,
         )
     except NotAllowed as exc:
-        return _forbidden(request, str(exc))
+        return forbidden(request, str(exc))
     except bulk.ConfirmationRequired as exc:
         return bad_request(request, "Confirmation required", str(exc))
     except bulk.BadBulkRequest as exc:
@@ -150,7 +137,7 @@ def job_detail(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
 @login_required
 def job_stop(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     if not user_can_operate(request.user):
-        return _forbidden(request, "Only operators can stop bulk jobs.")
+        return forbidden(request, "Only operators can stop bulk jobs.")
     if job_id > MAX_JOB_ID:
         return not_found(request, "Unknown job", f"There is no bulk job {job_id}.")
     try:
@@ -158,5 +145,5 @@ def job_stop(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     except bulk.UnknownJob:
         return not_found(request, "Unknown job", f"There is no bulk job {job_id}.")
     except NotAllowed as exc:
-        return _forbidden(request, str(exc))
+        return forbidden(request, str(exc))
     return HttpResponseRedirect(reverse("invocations:job", args=[job.id]))
