@@ -1,5 +1,5 @@
-"""Browser: attach on a running workflow's page, resolve its promise, and the result
-appears in the page without a reload (pushed from the attach worker through Redis
+"""Browser: attach on a running workflow's page, reload it (the wait goes on), resolve
+its promise, and the result appears in the page without a further reload (pushed from the attach worker through Redis
 to the web process's socket)."""
 
 from __future__ import annotations
@@ -53,6 +53,11 @@ def test_attach_shows_the_result_the_moment_it_completes(
     panel = page.locator("#inv-attach")
     expect(panel).to_contain_text("Waiting for the result")
     expect(panel).to_contain_text(f"workflow id (Signup/{wf_id})")
+    # The wait outlives the page: a reload finds it waiting, and the result still arrives.
+    page.reload()
+    expect(panel).to_contain_text("Waiting for the result")
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    navigations.clear()
     restate.call("Signup", "confirm", key=wf_id, payload="BROWSER-CODE")
     expect(panel).to_contain_text("Succeeded", timeout=30_000)
     expect(panel).to_contain_text("confirmed with BROWSER-CODE")

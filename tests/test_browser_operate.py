@@ -84,6 +84,14 @@ def test_an_operator_cancels_from_the_page_and_the_hint_redraws_it_at_once(
         time.sleep(3)  # the sync process's first step is done: from here it sleeps 30 s
         assert sync.alive(), (tmp_path / "sync.log").read_text()[-2000:]
         mark_page(page)
+        # A tree row's "⋯" opens the actions Restate allows for that row's invocation.
+        page.click(f"#node-{nap} a.acts-menu")
+        menu = page.locator("dialog.action-dialog", has_text=nap)
+        expect(menu).to_contain_text("Cancel")
+        expect(menu).to_contain_text("Kill")
+        expect(menu).not_to_contain_text("Purge")
+        menu.get_by_role("button", name="Close").click()
+        expect(menu).to_be_hidden()
         page.click("#inv-header .inv-actions a.act-cancel")
         dialog = page.locator("dialog.action-dialog.confirm")
         expect(dialog).to_contain_text(nap)  # the descendant it reaches, by id
