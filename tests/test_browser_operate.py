@@ -97,6 +97,9 @@ def test_an_operator_cancels_from_the_page_and_the_hint_redraws_it_at_once(
         expect(dialog).to_contain_text(nap)  # the descendant it reaches, by id
         expect(dialog).to_contain_text("Compensations run")
         expect(dialog).to_contain_text(f"restate invocations cancel --yes {root}")
+        copy_cli = dialog.locator("button.copy").first
+        copy_cli.click()
+        expect(copy_cli).to_have_text("copied")  # the CLI line, with the id, is on the clipboard
         clicked = time.monotonic()
         dialog.locator("button.danger").click()
         expect(page.locator("dialog.action-dialog.result .words")).to_have_text("accepted")
