@@ -34,6 +34,7 @@ from procrastinate.exceptions import AlreadyEnqueued
 from invocations import events
 from invocations.mirror.models import Invocation
 from invocations.mirror.status import InvocationStatus
+from invocations.operations.roles import NotAllowed
 from invocations.records.models import AttachState, AttachWait
 from invocations.restate import (
     WORKFLOW_MAIN_HANDLER,
@@ -54,10 +55,6 @@ MAX_BODY = 64 * 1024
 NOT_FOUND_MESSAGE = "Purged or expired: the result can no longer be fetched."
 # A wait that ended like this is started again by the next attach (Restate may be back).
 RESTARTABLE = (AttachState.ERROR, AttachState.UNAVAILABLE)
-
-
-class NotAllowed(PermissionError):
-    """Anonymous users may not attach."""
 
 
 def lock_name(invocation_id: str) -> str:

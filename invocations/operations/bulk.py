@@ -26,6 +26,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -60,6 +61,8 @@ MAX_BATCH_SIZE = 1000
 # PATCHes in flight at once: enough to hide the round trip, few enough not to crowd
 # Restate's admin API while it also serves the sync engine and the pages.
 CONCURRENCY = 16
+# How long the sync engine keeps re-reading a batch's invocations after sending it.
+BULK_HINT_FOLLOW = timedelta(seconds=2)
 
 # What a resumed run accepts as "this action already took effect" for an item it had sent.
 _ALREADY_DONE: dict[Action, Callable[[dict[str, Any]], bool]] = {
@@ -386,7 +389,9 @@ def _record(
             # At most 32 characters (the column): 1000 ok/1000 failed/1000 skipped.
             outcome=f"{summary.get('succeeded', 0)} ok/{summary.get('failed', 0)} failed/{summary.get('skipped', 0)} skipped",
         )
-        hints.hints_add(sent)
+        # Followed briefly: a 10,000-id job would otherwise keep the sync engine re-reading
+        # thousands of ids four times a second; the poll catches what changes later.
+        hints.hints_add(sent, follow=BULK_HINT_FOLLOW)
         events.job_progressed(job_id=job_id)
         more = BulkJobItem.objects.filter(job_id=job_id, state__in=[ItemState.PENDING, ItemState.SENT]).exists()
         if not more:

@@ -29,6 +29,10 @@ class UnknownUser(LookupError):
     pass
 
 
+class NotAllowed(PermissionError):
+    """The user's role does not allow this (a viewer acting, an anonymous attach)."""
+
+
 def user_can_operate(user: AbstractUser | AnonymousUser) -> bool:
     return bool(user.is_authenticated and user.has_perm(OPERATE_PERMISSION))
 

@@ -19,7 +19,7 @@ from invocations.mirror.actions import UNREACHABLE, Action, cli_command, curl_co
 from invocations.mirror.models import Invocation
 from invocations.mirror.status import InvocationStatus
 from invocations.mirror.sync import hints
-from invocations.operations.roles import user_can_operate
+from invocations.operations.roles import NotAllowed, user_can_operate
 from invocations.records.models import AuditEntry, AuditKind
 from invocations.restate import OperationResult, RestateClient, RestateError, client_from_settings
 from invocations.restate import Outcome as RestateOutcome
@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 
 # A cancelled tree's unfinished invocations re-read at once; more wait for the next poll.
 MAX_HINTED_PER_ACTION = 1000
-
-
-class NotAllowed(PermissionError):
-    """The user may not act (viewer, anonymous)."""
 
 
 @dataclass(frozen=True)
