@@ -179,6 +179,10 @@ SYNC_STANDBY_POLL_S = env_float("SYNC_STANDBY_POLL_S", 2.0, minimum=0.1)
 SYNC_SNAPSHOT_ROWS = env_int("SYNC_SNAPSHOT_ROWS", 100_000)
 # How long before asking again for the Input of a not-started invocation that Restate showed none of.
 SYNC_INPUT_RETRY_S = env_float("SYNC_INPUT_RETRY_S", 60.0)
+# Deadlock detection after sync steps that changed something: never closer together than
+# this (or 4x its own cost), and at least this often whatever changed.
+DEADLOCK_REFRESH_MIN_S = env_float("DEADLOCK_REFRESH_MIN_S", 0.5)
+DEADLOCK_REFRESH_MAX_S = env_float("DEADLOCK_REFRESH_MAX_S", 30.0, minimum=1.0)
 
 INSTALLED_APPS = [
     "daphne",

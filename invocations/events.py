@@ -153,3 +153,52 @@ def attach_finished(*, invocation_id: str) -> None:
             log.exception("broadcast of an attach result failed")
 
     _after_commit(send)
+
+
+# ---------------------------------------------------------------- queues, locks, deadlocks
+
+OBJECTS_GROUP = "objects.all"  # /objects/: every key with a holder or a queue
+DEADLOCKS_GROUP = "deadlocks.all"  # /deadlocks/
+STUCK_GROUP = "stuck.all"  # /stuck/: waits changed (queues, locks, deadlocks)
+
+
+def object_group(service: str, key: str) -> str:
+    """The group of one virtual object key's page. Hashed: keys are any string, and
+    group names allow only ASCII letters, digits, '-', '_' and '.'."""
+    return "object." + hashlib.sha256(f"{service}\0{key}".encode()).hexdigest()[:32]
+
+
+def queues_changed(*, keys: Iterable[tuple[str, str]]) -> None:
+    """The locks or queues of these object keys changed (committed): the object pages redraw.
+    The trees of the queued invocations are told through `sync_step_committed`."""
+    changed = set(keys)
+    if not changed:
+        return
+
+    def send() -> None:
+        try:
+            _send(OBJECTS_GROUP, {"type": "objects.changed"})
+            _send(STUCK_GROUP, {"type": "stuck.changed"})
+            for service, key in changed:
+                _send(object_group(service, key), {"type": "object.changed"})
+        except Exception:
+            log.exception("broadcast of queue changes failed")
+
+    _after_commit(send)
+
+
+def deadlocks_changed(*, roots: Iterable[str]) -> None:
+    """A cycle was found or broke (committed): /deadlocks/ and /stuck/ redraw, and so do
+    the trees of its members (their banner)."""
+    trees = set(roots)
+
+    def send() -> None:
+        try:
+            _send(DEADLOCKS_GROUP, {"type": "deadlocks.changed"})
+            _send(STUCK_GROUP, {"type": "stuck.changed"})
+            for root in trees:
+                _send(tree_group(root), {"type": "tree.changed"})
+        except Exception:
+            log.exception("broadcast of deadlock changes failed")
+
+    _after_commit(send)

@@ -2,6 +2,8 @@
 (Restate's state) and the records layer (what the dashboard's users did)."""
 
 from invocations.mirror.models import (
+    Deadlock,
+    DeadlockMember,
     Deployment,
     DrawingCache,
     EdgeKind,
@@ -27,6 +29,8 @@ __all__ = [
     "AuditEntry",
     "BulkJob",
     "BulkJobItem",
+    "Deadlock",
+    "DeadlockMember",
     "Deployment",
     "DrawingCache",
     "EdgeKind",

@@ -8,9 +8,10 @@ import uuid
 
 import pytest
 
-from invocations.mirror.models import Invocation, QueuedInvocation
+from invocations.analysis.deadlocks import deadlocks_refresh
+from invocations.mirror.models import Deadlock, Invocation, QueuedInvocation
 from invocations.mirror.sync.engine import SyncEngine
-from invocations.reads.selectors.waits import deadlocks_get
+from invocations.reads.selectors.waits import deadlocks_current
 from invocations.restate import RestateClient, sql_literal
 from tests.conftest import sync_until, wait_for_restate
 
@@ -35,11 +36,21 @@ def _deadlock(restate: RestateClient, engine: SyncEngine, path: list[str]) -> tu
         lambda: (
             QueuedInvocation.objects.filter(service_key=key).exists()
             and Invocation.objects.filter(id__in=members).count() == len(members)
-            and any(set(d.members) == members for d in deadlocks_get())
+            and _stored_cycle(members) is not None
         ),
         what=f"the deadlock on {key} in our copy",
     )
     return root, members
+
+
+def _members(deadlock: Deadlock) -> set[str]:
+    return {m.invocation_id for m in deadlock.members.all()}
+
+
+def _stored_cycle(members: set[str]) -> Deadlock | None:
+    """The stored current deadlock with exactly these members, after a detection pass."""
+    deadlocks_refresh()
+    return next((d for d in deadlocks_current() if _members(d) & members), None)
 
 
 @pytest.mark.parametrize(("path", "size"), [(["Beta", "Alpha"], 3), (["Beta", "Gamma", "Alpha"], 4)])
@@ -48,13 +59,16 @@ def test_a_deadlock_is_found_with_exactly_its_members(
 ) -> None:
     root, members = _deadlock(restate, engine, path)
     try:
-        (cycle,) = [d for d in deadlocks_get() if root in d.members]
-        assert set(cycle.members) == members and len(members) == size
+        cycle = _stored_cycle(members)
+        assert cycle is not None and _members(cycle) == members and len(members) == size
         assert {service for service, _ in cycle.keys} == {"Alpha", *path}
+        ordered = [m.invocation_id for m in cycle.members.all()]
+        assert ordered[0] == min(members), "wait order starts from the smallest id"
     finally:
         restate.kill(root)  # a kill reaches the whole call tree and frees the keys
     sync_until(
         engine,
-        lambda: not any(root in d.members for d in deadlocks_get()),
+        lambda: _stored_cycle(members) is None,
         what="the killed deadlock to leave our copy's cycles",
     )
+    assert Deadlock.objects.get(id=cycle.id).resolved_at is not None, "kept as recently broken"

@@ -72,17 +72,48 @@ def deadlocks(
     keys_held: holder id -> the key it holds, to name the keys a cycle blocks.
     """
     keys_held = keys_held or {}
-    components = _strongly_connected(graph)
+    cyclic = _cyclic_part(graph)
     found = []
-    for component in components:
+    for component in _strongly_connected(cyclic):
         if len(component) == 1:
             (only,) = component
-            if only not in set(graph.get(only, ())):
+            if only not in set(cyclic.get(only, ())):
                 continue  # waits on nothing that waits back: not a cycle
-        members = _cycle_order(component, graph)
+        members = _cycle_order(component, cyclic)
         keys = tuple(keys_held[m] for m in members if m in keys_held)
         found.append(Deadlock(members=members, keys=keys))
     return sorted(found, key=lambda d: d.id)
+
+
+def _cyclic_part(graph: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+    """`graph` without the nodes that cannot be on a cycle: those that wait on nothing left
+    in the graph, and those nothing left waits on, removed repeatedly (two linear passes).
+
+    Nearly every waiting invocation is on a chain that ends (a callee doing work, a lock
+    holder running): this leaves Tarjan's search only the cycles and what joins them.
+    """
+    adjacency = {node: list(targets) for node, targets in graph.items()}
+    for _ in range(2):
+        # Pass 1 trims sinks (out-degree 0); pass 2 runs on the reversed graph: sources.
+        reverse: dict[str, list[str]] = {}
+        for node, targets in adjacency.items():
+            for target in targets:
+                reverse.setdefault(target, []).append(node)
+        remaining = {node: len(targets) for node, targets in adjacency.items()}
+        done = [node for node in reverse if not remaining.get(node)]
+        while done:
+            node = done.pop()
+            for waiter in reverse.get(node, ()):
+                remaining[waiter] -= 1
+                if remaining[waiter] == 0:
+                    done.append(waiter)
+        # Reversed for the next pass: A waits on B becomes B is waited on by A.
+        adjacency = {
+            node: [w for w in reverse.get(node, ()) if remaining.get(w, 0) > 0]
+            for node, count in remaining.items()
+            if count > 0
+        }
+    return adjacency
 
 
 def suggest_victim(deadlock: Deadlock, *, created_at: Mapping[str, datetime]) -> str:

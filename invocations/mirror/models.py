@@ -438,3 +438,45 @@ class SyncHint(models.Model):
     invocation_id = models.CharField(primary_key=True, max_length=100)
     requested_at = models.DateTimeField()
     until = models.DateTimeField()
+
+
+class Deadlock(models.Model):
+    """A cycle in the wait-for graph, as `invocations.analysis.deadlocks` found it in
+    our copy: kept while it lasts (`resolved_at` null) and for a while after it broke,
+    so an incident can be read afterwards. Derived data, like the rollups.
+    """
+
+    # A hash of the sorted member ids: the same cycle found again is the same row.
+    id = models.CharField(primary_key=True, max_length=64)
+    keys = models.JSONField(default=list)  # [[service, key], ...]: the locks the cycle holds, in wait order
+    suggested_id = models.CharField(max_length=100)  # the member to cancel (the youngest)
+    # When the cycle closed: the latest start among its members' waits (journal time of the
+    # call, or when the queued call entered the inbox).
+    since = models.DateTimeField(null=True, blank=True)
+    detected_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    # Found while a queue or lock snapshot was truncated: the cycle is real, but others may be missed.
+    from_truncated = models.BooleanField(default=False)
+
+    class Meta:
+        indexes = [
+            # /deadlocks/: the current cycles (few), and the recently broken ones newest first.
+            models.Index(fields=["-resolved_at"], name="deadlock_resolved_idx"),
+        ]
+
+
+class DeadlockMember(models.Model):
+    """One invocation of a cycle, at its place in wait order (each waits on the next)."""
+
+    pk = models.CompositePrimaryKey("deadlock_id", "position")
+    deadlock = models.ForeignKey(
+        Deadlock, on_delete=models.CASCADE, db_constraint=False, db_index=False, related_name="members"
+    )
+    position = models.IntegerField()
+    invocation_id = models.CharField(max_length=100)
+
+    class Meta:
+        indexes = [
+            # "Is this invocation (or anything in this tree) part of a deadlock?": banners and stuck reasons.
+            models.Index(fields=["invocation_id"], name="deadlock_member_inv_idx"),
+        ]

@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from invocations.analysis.deadlocks import DeadlockDetector
 from invocations.mirror.sync.hints import HintListener
 from invocations.mirror.sync.loop import TRANSIENT_ERRORS, SyncLoop
 
@@ -29,7 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="run one step and exit")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        loop = SyncLoop.from_settings()
+        loop = SyncLoop.from_settings(after_step=DeadlockDetector().after_step)
         if options["once"]:
             assert loop.lock is not None
             if not loop.lock.try_acquire():

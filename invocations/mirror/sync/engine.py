@@ -133,6 +133,7 @@ class StepReport:
     roots_resolved: int = 0
     queue_rows: int | None = None
     locks: int | None = None
+    queue_keys_changed: int = 0  # object keys whose queue or lock holder changed
     reconcile: ReconcileReport | None = None
     watermark: datetime | None = None
     duration_s: float = 0.0
@@ -256,7 +257,7 @@ class SyncEngine:
         report.roots_resolved = self._resolve_roots(changes)
         self._sync_journals(report, changes)
         if state.queues_supported:
-            self._sync_queues(report)
+            self._sync_queues(report, changes)
         if slow_due:
             self._sync_slow_tables(report)
             self._last_slow = started
@@ -591,14 +592,16 @@ class SyncEngine:
             return rows[: self.snapshot_rows], True
         return rows, False
 
-    def _replace_if_changed(self, model: type[Model], instances: list) -> None:
+    def _replace_if_changed(self, model: type[Model], instances: list) -> set[tuple[Any, ...]]:
+        """Replace the table's rows with `instances` if they differ; the rows that came or went."""
         fields = [f.attname for f in model._meta.local_concrete_fields if f.column]
         ours = {tuple(row) for row in model._default_manager.values_list(*fields)}
         theirs = {tuple(getattr(obj, f) for f in fields) for obj in instances}
         if ours != theirs:
             replace_all(model, instances)
+        return ours ^ theirs
 
-    def _sync_queues(self, report: StepReport) -> None:
+    def _sync_queues(self, report: StepReport, changes: Changes) -> None:
         inbox_rows, inbox_cut = self._snapshot(
             "SELECT service_name, service_key, id, sequence_number, created_at FROM sys_inbox"
         )
@@ -607,11 +610,25 @@ class SyncEngine:
         )
         inbox = [mapping.queued_from_row(r) for r in inbox_rows]
         locks = [mapping.lock_from_row(r) for r in lock_rows]
-        with transaction.atomic():
-            self._replace_if_changed(QueuedInvocation, inbox)
-            self._replace_if_changed(ObjectLock, locks)
-        report.queue_rows, report.locks = len(inbox), len(locks)
+        self._write_queues(inbox, locks, report, changes)
         report.truncated.update(queues_truncated=inbox_cut, locks_truncated=locks_cut)
+
+    def _write_queues(
+        self, inbox: list[QueuedInvocation], locks: list[ObjectLock], report: StepReport, changes: Changes
+    ) -> None:
+        """Replace our queues and locks; the keys whose queue or holder changed are told, and
+        so are the trees of every invocation queued on them (their queue position moved)."""
+        with transaction.atomic():
+            queued = self._replace_if_changed(QueuedInvocation, inbox)
+            held = self._replace_if_changed(ObjectLock, locks)
+            keys = {(service, key) for _, service, key, *_ in queued} | {(service, key) for service, key, _ in held}
+            if keys:
+                affected = {q.invocation_id for q in inbox if (q.service_name, q.service_key) in keys}
+                affected |= {row[0] for row in queued} | {row[2] for row in held}
+                changes.add(Invocation.objects.filter(id__in=affected).values_list("id", "root_id"))
+                events.queues_changed(keys=keys)
+        report.queue_rows, report.locks = len(inbox), len(locks)
+        report.queue_keys_changed = len(keys)
 
     def _sync_slow_tables(self, report: StepReport) -> None:
         promise_rows, promises_cut = self._snapshot(

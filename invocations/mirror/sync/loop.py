@@ -69,9 +69,22 @@ def _recover_database() -> None:
         log.warning("%s", exc)
 
 
+# Called after every step and every hint re-read with whether our copy changed: what is
+# computed from the mirror (deadlock detection) runs as it changes, not per page view.
+AfterStep = Callable[..., object]
+
+
 class SyncLoop:
-    def __init__(self, engine: SyncEngine, *, lock: EngineLock | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        engine: SyncEngine,
+        *,
+        lock: EngineLock | None = None,
+        rng: random.Random | None = None,
+        after_step: AfterStep | None = None,
+    ) -> None:
         self.engine = engine
+        self.after_step = after_step
         self.lock = lock  # None: the caller guarantees it is the only engine (tests)
         self.rng = rng or random.Random()
         self.report: StepReport | None = None
@@ -82,8 +95,8 @@ class SyncLoop:
         self._hints_active = False
 
     @classmethod
-    def from_settings(cls) -> SyncLoop:
-        return cls(SyncEngine.from_settings(), lock=EngineLock())
+    def from_settings(cls, *, after_step: AfterStep | None = None) -> SyncLoop:
+        return cls(SyncEngine.from_settings(), lock=EngineLock(), after_step=after_step)
 
     @property
     def failures(self) -> int:
@@ -111,6 +124,7 @@ class SyncLoop:
             return None
         self._interval = poll_interval(duration_s=self.report.duration_s)
         self._store_interval()
+        self._after_step(changed=bool(self.report.changed or self.report.queue_keys_changed))
         if self.report.changed:
             log.info(
                 "synced %d rows (%d changed) in %.2fs",
@@ -137,6 +151,7 @@ class SyncLoop:
             self._hints_active = False
             return None
         if report is not None and report.changed:
+            self._after_step(changed=True)
             log.info(
                 "hints: re-read %d invocations (%d changed) in %.3fs", report.ids, report.changed, report.duration_s
             )
@@ -172,6 +187,14 @@ class SyncLoop:
             if wait(0):
                 return True
         return False
+
+    def _after_step(self, *, changed: bool) -> None:
+        if self.after_step is None:
+            return
+        try:
+            self.after_step(changed=changed)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("after the sync step: %s", exc)  # the next step tries again
 
     def close(self) -> None:
         if self.lock is not None:

@@ -1,57 +1,104 @@
-"""The wait-for graph's inputs from our copy, and the deadlocks in it.
-
-Read from the unfinished invocations outwards (their status index), so the cost
-follows how many invocations are waiting, not how many our copy holds.
-"""
+"""Who waits on whom, read from our copy: an invocation's place in its object key's
+queue, and the stored deadlocks (found by `invocations.analysis.deadlocks` as the
+mirror changes; never computed here)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection
+from django.db.models import Prefetch
 
-from invocations.graph.waits import Deadlock, ObjectKey, deadlocks, wait_edges
-from invocations.mirror.models import EdgeKind, Invocation, InvocationEdge, ObjectLock, QueuedInvocation
-from invocations.mirror.status import InvocationStatus
+from invocations.mirror.models import Deadlock, DeadlockMember, ObjectLock, QueuedInvocation
 
 
 @dataclass(frozen=True)
-class WaitGraph:
-    edges: dict[str, list[str]]
-    keys_held: dict[str, ObjectKey]
-    created_at: dict[str, datetime]
+class QueuePlace:
+    """Where a queued invocation stands in its virtual object key's inbox."""
+
+    invocation_id: str
+    service: str
+    key: str
+    position: int  # 1 = next to run once the holder lets go
+    length: int
+    sequence_number: int
+    queued_at: datetime | None
+    holder_id: str | None  # None: nobody holds the lock in our copy (it is about to start)
 
 
-def wait_graph_get() -> WaitGraph:
-    inv, edge = Invocation._meta.db_table, InvocationEdge._meta.db_table
-    completed = InvocationStatus.COMPLETED.value
+def queue_places(*, invocation_ids: Iterable[str]) -> dict[str, QueuePlace]:
+    """The queue places of those of `invocation_ids` that are queued (one query)."""
+    ids = list(dict.fromkeys(invocation_ids))
+    if not ids:
+        return {}
+    queue, lock = QueuedInvocation._meta.db_table, ObjectLock._meta.db_table
     with connection.cursor() as cursor:
-        # A request-response call whose caller and callee are both unfinished: the caller
-        # waits on it. Edges are keyed by caller, so this reads only unfinished callers' edges.
+        # Whole queues of the keys these ids wait on (the index on key, sequence), numbered in order.
         cursor.execute(
-            f"SELECT e.caller_id, e.callee_id, caller.created_at, callee.created_at "
-            f"FROM {inv} caller JOIN {edge} e ON e.caller_id = caller.id AND e.kind = %s "
-            f"JOIN {inv} callee ON callee.id = e.callee_id AND callee.status <> %s "
-            "WHERE caller.status <> %s AND caller.gone_from_restate_at IS NULL",
-            [EdgeKind.CALL.value, completed, completed],
+            "SELECT q.invocation_id, q.service_name, q.service_key, q.position, q.length, q.sequence_number, "
+            "q.created_at, l.invocation_id "
+            "FROM (SELECT *, row_number() OVER w AS position, count(*) OVER (PARTITION BY service_name, service_key) "
+            f"AS length FROM {queue} WHERE (service_name, service_key) IN "
+            f"(SELECT service_name, service_key FROM {queue} WHERE invocation_id = ANY(%s)) "
+            "WINDOW w AS (PARTITION BY service_name, service_key ORDER BY sequence_number)) q "
+            f"LEFT JOIN {lock} l ON l.service_name = q.service_name AND l.service_key = q.service_key "
+            "WHERE q.invocation_id = ANY(%s)",
+            [ids, ids],
         )
-        calls = cursor.fetchall()
-    created_at: dict[str, datetime] = {}
-    for caller, callee, caller_created, callee_created in calls:
-        created_at[caller], created_at[callee] = caller_created, callee_created
-    queued: dict[str, ObjectKey] = {
-        q: (service, key)
-        for q, service, key in QueuedInvocation.objects.values_list("invocation_id", "service_name", "service_key")
+        rows = cursor.fetchall()
+    return {
+        row[0]: QueuePlace(
+            invocation_id=row[0],
+            service=row[1],
+            key=row[2],
+            position=row[3],
+            length=row[4],
+            sequence_number=row[5],
+            queued_at=row[6],
+            holder_id=row[7],
+        )
+        for row in rows
     }
-    holders: dict[ObjectKey, str] = {
-        (service, key): holder
-        for service, key, holder in ObjectLock.objects.values_list("service_name", "service_key", "invocation_id")
-    }
-    edges = wait_edges(pending_calls=[(c[0], c[1]) for c in calls], queued=queued, holders=holders)
-    return WaitGraph(edges=edges, keys_held={h: k for k, h in holders.items()}, created_at=created_at)
 
 
-def deadlocks_get() -> list[Deadlock]:
-    graph = wait_graph_get()
-    return deadlocks(graph.edges, keys_held=graph.keys_held)
+def held_keys(*, invocation_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """The object key each of `invocation_ids` holds the lock of, for those that hold one."""
+    return {
+        holder: (service, key)
+        for service, key, holder in ObjectLock.objects.filter(invocation_id__in=list(invocation_ids)).values_list(
+            "service_name", "service_key", "invocation_id"
+        )
+    }
+
+
+_MEMBERS = Prefetch("members", queryset=DeadlockMember.objects.order_by("position"))
+
+
+def deadlock_memberships(*, invocation_ids: Iterable[str]) -> dict[str, str]:
+    """invocation id -> the current deadlock it is part of, for those that are."""
+    return dict(
+        DeadlockMember.objects.filter(
+            invocation_id__in=list(invocation_ids), deadlock__resolved_at__isnull=True
+        ).values_list("invocation_id", "deadlock_id")
+    )
+
+
+def deadlocks_current() -> list[Deadlock]:
+    """The cycles as they stand, oldest first, with their members in wait order."""
+    return list(
+        Deadlock.objects.filter(resolved_at__isnull=True)
+        .prefetch_related(_MEMBERS)
+        .order_by("since", "detected_at", "id")
+    )
+
+
+def deadlocks_recently_resolved(*, limit: int = 20) -> list[Deadlock]:
+    return list(
+        Deadlock.objects.filter(resolved_at__isnull=False).prefetch_related(_MEMBERS).order_by("-resolved_at")[:limit]
+    )
+
+
+def deadlock_get(*, deadlock_id: str) -> Deadlock | None:
+    return Deadlock.objects.filter(id=deadlock_id).prefetch_related(_MEMBERS).first()

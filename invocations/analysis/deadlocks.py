@@ -1,0 +1,209 @@
+"""Deadlock detection on our copy, stored for the pages.
+
+The sync loop calls `DeadlockDetector.after_step` after every step; when the step
+changed invocations, queues or locks, the detector re-reads the wait-for graph
+from the unfinished invocations outwards (their status index, so the cost follows
+how many invocations wait, not how many our copy holds), finds its cycles in
+linear time (`invocations.graph.waits`) and writes the difference: new cycles
+are opened, cycles no longer found are marked resolved. Pages read the table and
+are told through `invocations.events.deadlocks_changed`; no page view computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from invocations import events
+from invocations.graph.waits import Deadlock as Cycle
+from invocations.graph.waits import ObjectKey, deadlocks, suggest_victim, wait_edges
+from invocations.mirror.models import (
+    Deadlock,
+    DeadlockMember,
+    EdgeKind,
+    Invocation,
+    InvocationEdge,
+    ObjectLock,
+    QueuedInvocation,
+    SyncState,
+)
+from invocations.mirror.status import InvocationStatus
+
+log = logging.getLogger("invocations.deadlocks")
+
+# Broken cycles stay listed ("recently broken") this long, then are deleted.
+RESOLVED_KEPT = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class WaitGraph:
+    edges: dict[str, list[str]]
+    keys_held: dict[str, ObjectKey]
+    created_at: dict[str, datetime]
+    # When each waiting invocation started its wait: the journal time of its latest pending
+    # call, or when it entered its key's inbox.
+    waiting_since: dict[str, datetime]
+
+    @property
+    def waiting(self) -> int:
+        return len(self.edges)
+
+
+def wait_graph_get() -> WaitGraph:
+    inv, edge = Invocation._meta.db_table, InvocationEdge._meta.db_table
+    queue, lock = QueuedInvocation._meta.db_table, ObjectLock._meta.db_table
+    completed = InvocationStatus.COMPLETED.value
+    with connection.cursor() as cursor:
+        # A request-response call whose caller and callee are both unfinished: the caller
+        # waits on it. Edges are keyed by caller, so this reads only unfinished callers' edges.
+        cursor.execute(
+            f"SELECT e.caller_id, e.callee_id, e.created_at, caller.created_at, callee.created_at "
+            f"FROM {inv} caller JOIN {edge} e ON e.caller_id = caller.id AND e.kind = %s "
+            f"JOIN {inv} callee ON callee.id = e.callee_id AND callee.status <> %s "
+            "WHERE caller.status <> %s AND caller.gone_from_restate_at IS NULL",
+            [EdgeKind.CALL.value, completed, completed],
+        )
+        calls = cursor.fetchall()
+        cursor.execute(f"SELECT invocation_id, service_name, service_key, created_at FROM {queue}")
+        queued_rows = cursor.fetchall()
+        cursor.execute(f"SELECT service_name, service_key, invocation_id FROM {lock}")
+        lock_rows = cursor.fetchall()
+    created_at: dict[str, datetime] = {}
+    waiting_since: dict[str, datetime] = {}
+    for caller, callee, called_at, caller_created, callee_created in calls:
+        created_at[caller], created_at[callee] = caller_created, callee_created
+        if called_at is not None and (caller not in waiting_since or called_at > waiting_since[caller]):
+            waiting_since[caller] = called_at
+    queued: dict[str, ObjectKey] = {}
+    for q, service, key, queued_at in queued_rows:
+        queued[q] = (service, key)
+        if queued_at is not None:
+            waiting_since[q] = queued_at
+    holders: dict[ObjectKey, str] = {(service, key): holder for service, key, holder in lock_rows}
+    edges = wait_edges(pending_calls=[(c[0], c[1]) for c in calls], queued=queued, holders=holders)
+    return WaitGraph(
+        edges=edges,
+        keys_held={h: k for k, h in holders.items()},
+        created_at=created_at,
+        waiting_since=waiting_since,
+    )
+
+
+def deadlock_key(cycle: Cycle) -> str:
+    """The stored id of a cycle: its members, whatever order it was found in."""
+    return hashlib.sha256("\n".join(sorted(cycle.members)).encode()).hexdigest()[:32]
+
+
+@dataclass
+class RefreshReport:
+    waiting: int = 0  # invocations with at least one wait (the graph's size)
+    cycles: int = 0  # current cycles
+    opened: list[str] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)
+    read_s: float = 0.0
+    detect_s: float = 0.0
+    write_s: float = 0.0
+
+    @property
+    def duration_s(self) -> float:
+        return self.read_s + self.detect_s + self.write_s
+
+
+def deadlocks_refresh(*, now: datetime | None = None) -> RefreshReport:
+    """Find the cycles in our copy now and store the difference with the last refresh."""
+    report = RefreshReport()
+    t0 = time.perf_counter()
+    graph = wait_graph_get()
+    t1 = time.perf_counter()
+    cycles = {deadlock_key(c): c for c in deadlocks(graph.edges, keys_held=graph.keys_held)}
+    t2 = time.perf_counter()
+    report.read_s, report.detect_s, report.waiting, report.cycles = t1 - t0, t2 - t1, graph.waiting, len(cycles)
+    now = now or timezone.now()
+    state = SyncState.load()
+    truncated = state.queues_truncated or state.locks_truncated
+    with transaction.atomic():
+        stored = set(Deadlock.objects.filter(resolved_at__isnull=True).values_list("id", flat=True))
+        opened = [k for k in cycles if k not in stored]
+        resolved = sorted(stored - cycles.keys())
+        if opened:
+            _open(opened, cycles, graph, now=now, truncated=truncated)
+        if resolved:
+            Deadlock.objects.filter(id__in=resolved).update(resolved_at=now)
+        old = Deadlock.objects.filter(resolved_at__lt=now - RESOLVED_KEPT)
+        DeadlockMember.objects.filter(deadlock__in=old).delete()
+        old.delete()
+        if opened or resolved:
+            members = set(
+                DeadlockMember.objects.filter(deadlock_id__in=[*opened, *resolved]).values_list(
+                    "invocation_id", flat=True
+                )
+            )
+            roots = {
+                root or inv_id
+                for inv_id, root in Invocation.objects.filter(id__in=members).values_list("id", "root_id")
+            }
+            events.deadlocks_changed(roots=roots)
+    report.opened, report.resolved = opened, resolved
+    report.write_s = time.perf_counter() - t2
+    if opened or resolved:
+        log.info(
+            "deadlocks: %d current, %d new, %d broken (%.3fs)",
+            len(cycles),
+            len(opened),
+            len(resolved),
+            report.duration_s,
+        )
+    return report
+
+
+def _open(keys: list[str], cycles: dict[str, Cycle], graph: WaitGraph, *, now: datetime, truncated: bool) -> None:
+    # A cycle found again after it was marked broken (a snapshot between two changes) is reopened.
+    DeadlockMember.objects.filter(deadlock_id__in=keys).delete()
+    Deadlock.objects.filter(id__in=keys).delete()
+    rows, members = [], []
+    for key in keys:
+        cycle = cycles[key]
+        starts = [graph.waiting_since[m] for m in cycle.members if m in graph.waiting_since]
+        rows.append(
+            Deadlock(
+                id=key,
+                keys=[list(k) for k in cycle.keys],
+                suggested_id=suggest_victim(cycle, created_at=graph.created_at),
+                since=max(starts) if starts else None,
+                detected_at=now,
+                from_truncated=truncated,
+            )
+        )
+        members += [DeadlockMember(deadlock_id=key, position=i, invocation_id=m) for i, m in enumerate(cycle.members)]
+    Deadlock.objects.bulk_create(rows)
+    DeadlockMember.objects.bulk_create(members)
+
+
+class DeadlockDetector:
+    """The sync loop's `after_step`: refresh when the mirror changed, at most as often as
+    the refresh's own cost allows (a 0.5 s refresh runs at most every 2 s), and at least
+    every `settings.DEADLOCK_REFRESH_MAX_S` so a missed change cannot hide a cycle."""
+
+    def __init__(self) -> None:
+        self._last_run: float | None = None
+        self._last_cost = 0.0
+        self._pending = True  # a fresh process has not looked yet
+
+    def after_step(self, *, changed: bool) -> RefreshReport | None:
+        self._pending = self._pending or changed
+        now = time.monotonic()
+        since = None if self._last_run is None else now - self._last_run
+        due = since is None or since >= settings.DEADLOCK_REFRESH_MAX_S
+        spaced = since is None or since >= max(settings.DEADLOCK_REFRESH_MIN_S, 4 * self._last_cost)
+        if not (due or (self._pending and spaced)):
+            return None
+        report = deadlocks_refresh()
+        self._last_run, self._last_cost, self._pending = time.monotonic(), report.duration_s, False
+        return report
