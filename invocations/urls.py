@@ -2,7 +2,7 @@ from urllib.parse import quote, unquote
 
 from django.urls import path, register_converter
 
-from invocations.views import actions, attach, audit, detail, jobs, lists, service_map
+from invocations.views import actions, attach, audit, deadlocks, detail, jobs, lists, service_map
 
 
 class InvocationIdConverter:
@@ -36,6 +36,7 @@ urlpatterns = [
         name="action",
     ),
     path("services/", service_map.service_map, name="services"),
+    path("deadlocks/", deadlocks.deadlocks, name="deadlocks"),
     path("audit/", audit.audit_log, name="audit"),
     path("jobs/", jobs.jobs, name="jobs"),
     path("jobs/new/", jobs.job_preview, name="job_preview"),

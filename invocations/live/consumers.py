@@ -192,3 +192,22 @@ class JobsConsumer(_PageConsumer):
 
     async def job_progressed(self, event: dict[str, Any]) -> None:
         await self.send(text_data=await database_sync_to_async(fragments.jobs_table)())
+
+
+class DeadlocksConsumer(_PageConsumer):
+    """/deadlocks/: the list of cycles, re-rendered when one is found or breaks."""
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        self.can_operate = await database_sync_to_async(user_can_operate)(self.scope["user"])
+        await self._join([events.DEADLOCKS_GROUP, events.SYNC_GROUP])
+        await self.accept()
+        await self.send(text_data=await self._render())
+
+    async def _render(self) -> str:
+        return await database_sync_to_async(fragments.deadlocks_list)(can_operate=self.can_operate)
+
+    async def deadlocks_changed(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=await self._render())

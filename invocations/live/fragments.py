@@ -22,6 +22,7 @@ from invocations.reads.audit_filters import AuditFilterForm
 from invocations.reads.filters import DEFAULT_SORT, InvocationFilterForm, InvocationFilters
 from invocations.reads.presenters.attach import attach_panel_for
 from invocations.reads.presenters.audit import audit_context
+from invocations.reads.presenters.deadlocks import deadlocks_context
 from invocations.reads.presenters.sync_health import sync_health
 from invocations.reads.selectors import attach as selectors_attach
 from invocations.reads.selectors import detail as selectors_detail
@@ -234,3 +235,11 @@ def jobs_table() -> str:
     return oob(
         render_to_string("invocations/jobs.html#jobs_table", {"page": selectors_jobs.job_list(page=1)}), "jobs-table"
     )
+
+
+# ---------------------------------------------------------------- deadlocks
+
+
+def deadlocks_list(*, can_operate: bool = False) -> str:
+    context = deadlocks_context(now=timezone.now()) | {"can_operate": can_operate}
+    return oob(render_to_string("invocations/deadlocks.html#deadlocks_list", context), "deadlocks-list")

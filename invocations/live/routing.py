@@ -5,6 +5,7 @@ from invocations.live import consumers
 websocket_urlpatterns = [
     path("ws/invocations/", consumers.InvocationListConsumer.as_asgi()),
     path("ws/invocations/<str:invocation_id>/", consumers.InvocationDetailConsumer.as_asgi()),
+    path("ws/deadlocks/", consumers.DeadlocksConsumer.as_asgi()),
     path("ws/audit/", consumers.AuditLogConsumer.as_asgi()),
     path("ws/jobs/", consumers.JobsConsumer.as_asgi()),
     path("ws/jobs/<int:job_id>/", consumers.JobConsumer.as_asgi()),

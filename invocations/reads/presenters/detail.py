@@ -11,6 +11,7 @@ from typing import Any
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from invocations.reads.presenters.deadlocks import deadlock_banners
 from invocations.reads.presenters.invocation import SERVICE_TYPE_LABELS, idempotency_origin
 from invocations.reads.presenters.journal import journal_row
 from invocations.reads.presenters.payloads import input_payload, output_result
@@ -51,6 +52,7 @@ def detail_context(
         "journal": journal,
         "journal_rows": [journal_row(e) for e in journal.entries] if journal_rows else [],
         "tree": tree_view(inv, now, expansions),
+        "deadlock_banners": deadlock_banners(invocation_id=inv.id, root_id=inv.root_id),
     }
 
 

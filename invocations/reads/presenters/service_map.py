@@ -231,7 +231,7 @@ def _view(smap: ServiceMap) -> MapView:
     width = height = 0.0
     if smap.nodes:
         try:
-            drawing = _drawing(graph_nodes, graph_edges)
+            drawing = drawing_cached(graph_nodes, graph_edges)
         except DrawingError as exc:
             error = str(exc)
         else:
@@ -289,7 +289,7 @@ _guard = threading.Lock()  # requests may run in threads: for _parsed
 PARSED_KEPT = 16
 
 
-def _drawing(nodes: list[GraphNode], edges: list[GraphEdge]) -> Drawing:
+def drawing_cached(nodes: list[GraphNode], edges: list[GraphEdge]) -> Drawing:
     """`draw` through both caches: dot's layout shared by processes, its geometry kept here."""
     source = dot_source(nodes, edges)
     with _guard:

@@ -11,7 +11,15 @@ from datetime import datetime
 from django.db import connection
 from django.db.models import Prefetch
 
-from invocations.mirror.models import Deadlock, DeadlockMember, ObjectLock, QueuedInvocation
+from invocations.mirror.models import (
+    Deadlock,
+    DeadlockMember,
+    EdgeKind,
+    Invocation,
+    InvocationEdge,
+    ObjectLock,
+    QueuedInvocation,
+)
 
 
 @dataclass(frozen=True)
@@ -102,3 +110,29 @@ def deadlocks_recently_resolved(*, limit: int = 20) -> list[Deadlock]:
 
 def deadlock_get(*, deadlock_id: str) -> Deadlock | None:
     return Deadlock.objects.filter(id=deadlock_id).prefetch_related(_MEMBERS).first()
+
+
+def invocations_get(*, invocation_ids: Iterable[str]) -> dict[str, Invocation]:
+    return {inv.id: inv for inv in Invocation.objects.filter(id__in=list(invocation_ids))}
+
+
+def pending_calls_between(*, invocation_ids: Iterable[str]) -> set[tuple[str, str]]:
+    """(caller, callee) request-response calls among these invocations (the edge index on caller)."""
+    ids = list(invocation_ids)
+    rows = InvocationEdge.objects.filter(caller_id__in=ids, callee_id__in=ids, kind=EdgeKind.CALL)
+    return {(caller, callee) for caller, callee in rows.values_list("caller_id", "callee_id") if callee is not None}
+
+
+def tree_deadlocks(*, invocation_id: str, root_id: str | None) -> list[Deadlock]:
+    """The current deadlocks with a member in this invocation's call tree (or the invocation itself)."""
+    in_tree = DeadlockMember.objects.filter(deadlock__resolved_at__isnull=True)
+    if root_id:
+        members = in_tree.filter(
+            invocation_id__in=Invocation.objects.filter(root_id=root_id).values("id")
+        ) | in_tree.filter(invocation_id=invocation_id)
+    else:
+        members = in_tree.filter(invocation_id=invocation_id)
+    ids = set(members.values_list("deadlock_id", flat=True))
+    if not ids:
+        return []
+    return list(Deadlock.objects.filter(id__in=ids).prefetch_related(_MEMBERS).order_by("since", "id"))
