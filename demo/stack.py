@@ -139,8 +139,13 @@ def start_restate(
     node_port: int,
     log_path: Path,
     timeout_s: float = 30.0,
+    extra_env: dict[str, str] | None = None,
 ) -> ManagedProcess:
-    """Start restate-server with its data in `base_dir`; returns once /version answers."""
+    """Start restate-server with its data in `base_dir`; returns once /version answers.
+
+    `extra_env` adds to restate-server's environment, e.g. an experimental feature
+    (`{"RESTATE_EXPERIMENTAL_ENABLE_VQUEUES": "true"}`); it cannot move the ports.
+    """
     if not RESTATE_SERVER.exists():
         raise StackError(f"{RESTATE_SERVER} is missing: run `npm ci` first")
     base_dir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +157,7 @@ def start_restate(
         # Unix sockets would land in base_dir with names too long for sun_path.
         "RESTATE_LISTEN_MODE": "tcp",
     }
+    env = {**(extra_env or {}), **env}
     proc = spawn("restate-server", [str(RESTATE_SERVER), "--no-logo", "--base-dir", str(base_dir)], log_path, env)
     with RestateClient(
         admin_url=f"http://127.0.0.1:{admin_port}", ingress_url=f"http://127.0.0.1:{ingress_port}", timeout=2.0
@@ -217,6 +223,8 @@ class DemoStack:
     node_port: int
     python_port: int
     ts_port: int | None
+    # Extra environment for restate-server, kept across restart_restate.
+    restate_env: dict[str, str] = field(default_factory=dict)
     restate: ManagedProcess | None = None
     services: list[ManagedProcess] = field(default_factory=list)
     client: RestateClient = field(init=False)
@@ -237,10 +245,16 @@ class DemoStack:
         return self.base_dir / "logs"
 
     @classmethod
-    def start(cls, base_dir: Path, *, with_ts: bool = True, **ports: int) -> DemoStack:
-        """Start everything; ports not given are picked free. Stops what started on failure."""
+    def start(
+        cls, base_dir: Path, *, with_ts: bool = True, restate_env: dict[str, str] | None = None, **ports: int
+    ) -> DemoStack:
+        """Start everything; ports not given are picked free. Stops what started on failure.
+
+        `restate_env` adds to restate-server's environment, now and on every restart.
+        """
         stack = cls(
             base_dir=base_dir,
+            restate_env=dict(restate_env or {}),
             ingress_port=ports.get("ingress_port") or free_port(),
             admin_port=ports.get("admin_port") or free_port(),
             node_port=ports.get("node_port") or free_port(),
@@ -267,6 +281,7 @@ class DemoStack:
             admin_port=self.admin_port,
             node_port=self.node_port,
             log_path=self.log_dir / "restate-server.log",
+            extra_env=self.restate_env,
         )
 
     def stop_restate(self) -> None:

@@ -361,6 +361,12 @@ class Deployment(models.Model):
 class SyncState(models.Model):
     """The sync engine's single row: where it is, and how it is doing (shown on every page)."""
 
+    class QueueTables(models.TextChoices):
+        """Where Restate keeps object queues and locks (`GET /version` feature `vqueues`)."""
+
+        CLASSIC = "classic"  # sys_inbox, sys_keyed_service_status
+        VQUEUES = "vqueues"  # sys_vqueues + sys_vqueue_meta, sys_locks
+
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     watermark = models.DateTimeField(null=True, blank=True)  # max Restate modified_at seen
     last_attempt_at = models.DateTimeField(null=True, blank=True)
@@ -378,7 +384,10 @@ class SyncState(models.Model):
     last_reconcile_refetched = models.IntegerField(default=0)  # missing or stale rows re-read by id
     last_reconcile_revived = models.IntegerField(default=0)  # marked gone, yet Restate still had them
     restate_version = models.CharField(max_length=32, blank=True)
-    queues_supported = models.BooleanField(default=True)  # False when Restate uses vqueues
+    # Which of Restate's tables object queues and locks are mirrored from (see QueueTables).
+    queue_tables = models.CharField(max_length=16, choices=QueueTables.choices, default=QueueTables.CLASSIC)
+    # Whether object queues and locks are mirrored at all: True in both layouts (kept for pages that ask).
+    queues_supported = models.BooleanField(default=True)
     # First failure of the current streak (null while healthy); kept in the engine's memory
     # while PostgreSQL is down and written once it is back.
     failing_since = models.DateTimeField(null=True, blank=True)
@@ -389,8 +398,8 @@ class SyncState(models.Model):
     last_scan_s = models.FloatField(null=True, blank=True)
     overlap_s = models.FloatField(null=True, blank=True)
     # Snapshots that hit SYNC_SNAPSHOT_ROWS: what we hold of them is a prefix, not the whole.
-    queues_truncated = models.BooleanField(default=False)  # sys_inbox
-    locks_truncated = models.BooleanField(default=False)  # sys_keyed_service_status
+    queues_truncated = models.BooleanField(default=False)  # sys_inbox, or sys_vqueues' waiting entries
+    locks_truncated = models.BooleanField(default=False)  # sys_keyed_service_status, or sys_locks
     promises_truncated = models.BooleanField(default=False)  # sys_promise
     catalog_truncated = models.BooleanField(default=False)  # sys_service, sys_deployment
     snapshots_truncated_at = models.DateTimeField(null=True, blank=True)  # when one was last found truncated

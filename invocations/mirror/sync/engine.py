@@ -256,7 +256,9 @@ class SyncEngine:
             report.reconcile = self._reconcile(changes)
         report.roots_resolved = self._resolve_roots(changes)
         self._sync_journals(report, changes)
-        if state.queues_supported:
+        if state.queue_tables == SyncState.QueueTables.VQUEUES:
+            self._sync_vqueues(report, changes)
+        else:
             self._sync_queues(report, changes)
         if slow_due:
             self._sync_slow_tables(report)
@@ -630,6 +632,36 @@ class SyncEngine:
         report.queue_rows, report.locks = len(inbox), len(locks)
         report.queue_keys_changed = len(keys)
 
+    def _sync_vqueues(self, report: StepReport, changes: Changes) -> None:
+        """Object queues and locks when Restate runs with vqueues (sys_inbox and
+        sys_keyed_service_status are empty then). Verified on 1.7.12:
+        - an exclusive handler's calls to one object key share a vqueue whose
+          sys_vqueue_meta row names the lock (`Service/key`); shared handlers, services
+          and workflows queue per service, without a lock name, and are not object queues;
+        - an entry waiting for the key is in stage 'inbox' without the lock (a holder
+          woken from suspension sits in the inbox with has_lock);
+        - a delayed send waits in the inbox from the moment it is sent, with run_at in
+          the future: it joins the key's queue only when due (sys_inbox has it only then);
+        - sys_locks names the holder (acquired_by), suspended or not.
+        Scoped objects (a `scope` on the lock) are left out: one key may then have a lock
+        per scope, which our (service, key) rows cannot hold apart.
+        """
+        inbox_rows, inbox_cut = self._snapshot(
+            "SELECT v.entry_id, m.service_name, m.lock_name, v.run_at, v.sequence_number, v.created_at "
+            "FROM sys_vqueues v JOIN sys_vqueue_meta m ON m.partition_key = v.partition_key AND m.id = v.id "
+            f"WHERE v.stage = {sql_literal('inbox')} AND v.has_lock = {sql_literal(False)} "
+            f"AND v.entry_kind = {sql_literal('invocation')} AND m.lock_name IS NOT NULL AND m.scope IS NULL "
+            "AND v.run_at <= now() "
+            "ORDER BY m.lock_name, v.run_at, v.sequence_number, v.entry_id"
+        )
+        lock_rows, locks_cut = self._snapshot(
+            "SELECT lock_name, acquired_by FROM sys_locks WHERE scope IS NULL AND acquired_by IS NOT NULL"
+        )
+        inbox = mapping.queued_from_vqueue_rows(inbox_rows)
+        locks = [mapping.lock_from_vqueues_row(r) for r in lock_rows]
+        self._write_queues(inbox, locks, report, changes)
+        report.truncated.update(queues_truncated=inbox_cut, locks_truncated=locks_cut)
+
     def _sync_slow_tables(self, report: StepReport) -> None:
         promise_rows, promises_cut = self._snapshot(
             "SELECT service_name, service_key, key, completed, completion_success_value_utf8, completion_failure FROM sys_promise"
@@ -644,16 +676,22 @@ class SyncEngine:
 
     def _check_features(self, state: SyncState) -> None:
         version = self.client.version()
-        # With vqueues Restate keeps queues in other tables whose shape we have not verified.
-        queues_supported = not version.get("features", {}).get("vqueues", False)
-        if state.restate_version != version.get("version", "") or state.queues_supported != queues_supported:
+        # With vqueues Restate keeps object queues and locks in other tables (sys_vqueues, sys_locks).
+        vqueues = bool(version.get("features", {}).get("vqueues", False))
+        queue_tables = SyncState.QueueTables.VQUEUES if vqueues else SyncState.QueueTables.CLASSIC
+        if (
+            state.restate_version != version.get("version", "")
+            or state.queue_tables != queue_tables
+            or not state.queues_supported
+        ):
+            if state.queue_tables != queue_tables:
+                log.info("Restate keeps object queues and locks in its %s tables", queue_tables.value)
             state.restate_version = version.get("version", "")
-            state.queues_supported = queues_supported
+            state.queue_tables = queue_tables
+            state.queues_supported = True  # both layouts are mirrored
             SyncState.objects.filter(id=1).update(
-                restate_version=state.restate_version, queues_supported=queues_supported
+                restate_version=state.restate_version, queue_tables=queue_tables, queues_supported=True
             )
-            if not queues_supported:
-                log.warning("Restate uses vqueues: object queues and locks are not mirrored")
 
     # ------------------------------------------------------------ reconciliation
 

@@ -169,7 +169,7 @@ def deadlocks_context(*, now: datetime) -> dict[str, Any]:
         "deadlocks": [deadlock_view(d, invs, calls) for d in current],
         "resolved": [(d, [invs.get(m.invocation_id) or m.invocation_id for m in d.members.all()]) for d in resolved],
         "truncated": [t for t in sync.truncated_snapshots if t in ("queues", "locks")],
-        "queues_supported": sync.queues_supported,
+        "vqueues": sync.queue_tables == SyncState.QueueTables.VQUEUES,
         "now": now,
     }
 
