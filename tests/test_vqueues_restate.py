@@ -21,6 +21,8 @@ from invocations.mirror.models import Invocation, ObjectLock, QueuedInvocation, 
 from invocations.mirror.sync import mapping
 from invocations.mirror.sync.engine import SyncEngine
 from invocations.reads.selectors.waits import deadlocks_current
+from invocations.restate import RestateClient, RestateError, sql_literal
+from tests.conftest import sync_until, wait_for_restate
 
 
 def deadlocks_get() -> list[tuple[set[str], set[tuple[str, str]]]]:
@@ -28,9 +30,6 @@ def deadlocks_get() -> list[tuple[set[str], set[tuple[str, str]]]]:
     deadlocks_refresh()
     return [({m.invocation_id for m in d.members.all()}, {tuple(k) for k in d.keys}) for d in deadlocks_current()]
 
-
-from invocations.restate import RestateClient, RestateError, sql_literal
-from tests.conftest import sync_until, wait_for_restate
 
 VQUEUES_ENV = {"RESTATE_EXPERIMENTAL_ENABLE_VQUEUES": "true"}
 UNCOVERED = "Restate uses vqueues: queues and locks of scoped objects are not shown"
