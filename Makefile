@@ -49,6 +49,11 @@ clean-data:
 bench-pages: $(STAMP) browser graphviz
 	$(PY) -m benchmarks.pages_bench
 
+# Deadlock detection at 10k-100k waiting invocations (generated), against a bare read of the same rows.
+.PHONY: bench-deadlocks
+bench-deadlocks: $(STAMP)
+	$(PY) -m benchmarks.deadlock_bench
+
 # A bulk cancel of 10,000 invocations through our job runner against Restate's own CLI
 # by filter, in the same run (N=... to change the count).
 .PHONY: bench-bulk

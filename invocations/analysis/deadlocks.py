@@ -16,6 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -46,54 +47,81 @@ RESOLVED_KEPT = timedelta(days=7)
 class WaitGraph:
     edges: dict[str, list[str]]
     keys_held: dict[str, ObjectKey]
-    created_at: dict[str, datetime]
-    # When each waiting invocation started its wait: the journal time of its latest pending
-    # call, or when it entered its key's inbox.
-    waiting_since: dict[str, datetime]
 
     @property
     def waiting(self) -> int:
         return len(self.edges)
 
 
-def wait_graph_get() -> WaitGraph:
+def wait_graph_queries() -> list[tuple[str, list[Any]]]:
+    """The three reads of the wait-for graph: pending calls, queued invocations, lock holders.
+
+    Ids only: timestamps are read afterwards for the members of new cycles alone
+    (turning 100,000 timestamps into datetimes cost more than the whole detection)."""
     inv, edge = Invocation._meta.db_table, InvocationEdge._meta.db_table
     queue, lock = QueuedInvocation._meta.db_table, ObjectLock._meta.db_table
-    completed = InvocationStatus.COMPLETED.value
-    with connection.cursor() as cursor:
-        # A request-response call whose caller and callee are both unfinished: the caller
-        # waits on it. Edges are keyed by caller, so this reads only unfinished callers' edges.
-        cursor.execute(
-            f"SELECT e.caller_id, e.callee_id, e.created_at, caller.created_at, callee.created_at "
-            f"FROM {inv} caller JOIN {edge} e ON e.caller_id = caller.id AND e.kind = %s "
-            f"JOIN {inv} callee ON callee.id = e.callee_id AND callee.status <> %s "
+    return [
+        # The request-response calls of unfinished callers: each caller waits on its callee.
+        # Walked from the unfinished callers (inv_unfinished_idx) to their edges (the edge
+        # primary key starts with the caller), so completed history costs nothing. A callee
+        # that has completed waits on nothing, so it can close no cycle: it is not joined to
+        # be filtered out, the detector drops it with the other dead ends.
+        (
+            f"SELECT e.caller_id, e.callee_id FROM {inv} caller "
+            f"JOIN {edge} e ON e.caller_id = caller.id AND e.kind = %s AND e.callee_id IS NOT NULL "
             "WHERE caller.status <> %s AND caller.gone_from_restate_at IS NULL",
-            [EdgeKind.CALL.value, completed, completed],
-        )
-        calls = cursor.fetchall()
-        cursor.execute(f"SELECT invocation_id, service_name, service_key, created_at FROM {queue}")
-        queued_rows = cursor.fetchall()
-        cursor.execute(f"SELECT service_name, service_key, invocation_id FROM {lock}")
-        lock_rows = cursor.fetchall()
-    created_at: dict[str, datetime] = {}
-    waiting_since: dict[str, datetime] = {}
-    for caller, callee, called_at, caller_created, callee_created in calls:
-        created_at[caller], created_at[callee] = caller_created, callee_created
-        if called_at is not None and (caller not in waiting_since or called_at > waiting_since[caller]):
-            waiting_since[caller] = called_at
-    queued: dict[str, ObjectKey] = {}
-    for q, service, key, queued_at in queued_rows:
-        queued[q] = (service, key)
-        if queued_at is not None:
-            waiting_since[q] = queued_at
+            [EdgeKind.CALL.value, InvocationStatus.COMPLETED.value],
+        ),
+        (f"SELECT invocation_id, service_name, service_key FROM {queue}", []),
+        (f"SELECT service_name, service_key, invocation_id FROM {lock}", []),
+    ]
+
+
+def wait_graph_rows() -> list[list[tuple[Any, ...]]]:
+    """The rows of `wait_graph_queries`, as read for a detection pass."""
+    results = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        # PostgreSQL's estimate favours hashing the whole edge table (every call ever made)
+        # over looking up the unfinished callers' edges by key: measured with 100,000 waiting
+        # and 400,000 completed invocations, 0.42 s hashed against 0.10 s by key. Scoped to
+        # this transaction.
+        cursor.execute("SET LOCAL enable_hashjoin = off")
+        cursor.execute("SET LOCAL enable_mergejoin = off")
+        for sql, params in wait_graph_queries():
+            cursor.execute(sql, params)
+            results.append(cursor.fetchall())
+    return results
+
+
+def wait_graph_get() -> WaitGraph:
+    calls, queued_rows, lock_rows = wait_graph_rows()
+    queued: dict[str, ObjectKey] = {q: (service, key) for q, service, key in queued_rows}
     holders: dict[ObjectKey, str] = {(service, key): holder for service, key, holder in lock_rows}
-    edges = wait_edges(pending_calls=[(c[0], c[1]) for c in calls], queued=queued, holders=holders)
-    return WaitGraph(
-        edges=edges,
-        keys_held={h: k for k, h in holders.items()},
-        created_at=created_at,
-        waiting_since=waiting_since,
-    )
+    edges = wait_edges(pending_calls=calls, queued=queued, holders=holders)
+    return WaitGraph(edges=edges, keys_held={h: k for k, h in holders.items()})
+
+
+@dataclass(frozen=True)
+class MemberTimes:
+    created_at: dict[str, datetime]
+    # When each member started its wait: the journal time of its latest call to another
+    # member, or when it entered its key's inbox.
+    waiting_since: dict[str, datetime]
+
+
+def member_times_get(member_ids: list[str]) -> MemberTimes:
+    created = dict(Invocation.objects.filter(id__in=member_ids).values_list("id", "created_at"))
+    since: dict[str, datetime] = {}
+    calls = InvocationEdge.objects.filter(caller_id__in=member_ids, callee_id__in=member_ids, kind=EdgeKind.CALL)
+    for caller, at in calls.values_list("caller_id", "created_at"):
+        if at is not None and (caller not in since or at > since[caller]):
+            since[caller] = at
+    for queued, at in QueuedInvocation.objects.filter(invocation_id__in=member_ids).values_list(
+        "invocation_id", "created_at"
+    ):
+        if at is not None:
+            since[queued] = at
+    return MemberTimes(created_at=created, waiting_since=since)
 
 
 def deadlock_key(cycle: Cycle) -> str:
@@ -133,7 +161,7 @@ def deadlocks_refresh(*, now: datetime | None = None) -> RefreshReport:
         opened = [k for k in cycles if k not in stored]
         resolved = sorted(stored - cycles.keys())
         if opened:
-            _open(opened, cycles, graph, now=now, truncated=truncated)
+            _open(opened, cycles, now=now, truncated=truncated)
         if resolved:
             Deadlock.objects.filter(id__in=resolved).update(resolved_at=now)
         old = Deadlock.objects.filter(resolved_at__lt=now - RESOLVED_KEPT)
@@ -163,19 +191,20 @@ def deadlocks_refresh(*, now: datetime | None = None) -> RefreshReport:
     return report
 
 
-def _open(keys: list[str], cycles: dict[str, Cycle], graph: WaitGraph, *, now: datetime, truncated: bool) -> None:
+def _open(keys: list[str], cycles: dict[str, Cycle], *, now: datetime, truncated: bool) -> None:
     # A cycle found again after it was marked broken (a snapshot between two changes) is reopened.
     DeadlockMember.objects.filter(deadlock_id__in=keys).delete()
     Deadlock.objects.filter(id__in=keys).delete()
+    times = member_times_get([m for key in keys for m in cycles[key].members])
     rows, members = [], []
     for key in keys:
         cycle = cycles[key]
-        starts = [graph.waiting_since[m] for m in cycle.members if m in graph.waiting_since]
+        starts = [times.waiting_since[m] for m in cycle.members if m in times.waiting_since]
         rows.append(
             Deadlock(
                 id=key,
                 keys=[list(k) for k in cycle.keys],
-                suggested_id=suggest_victim(cycle, created_at=graph.created_at),
+                suggested_id=suggest_victim(cycle, created_at=times.created_at),
                 since=max(starts) if starts else None,
                 detected_at=now,
                 from_truncated=truncated,

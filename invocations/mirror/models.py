@@ -136,6 +136,13 @@ class Invocation(models.Model):
                 name="inv_failure_created_idx",
                 condition=models.Q(completion_result=COMPLETION_FAILURE),
             ),
+            # The unfinished invocations, whatever the size of the completed history: deadlock
+            # detection's wait-for graph (analysis.deadlocks.wait_graph_queries, the callers).
+            models.Index(
+                fields=["id"],
+                name="inv_unfinished_idx",
+                condition=~models.Q(status=InvocationStatus.COMPLETED) & models.Q(gone_from_restate_at__isnull=True),
+            ),
             # Idempotency-key search; most invocations from services have none.
             models.Index(
                 fields=["idempotency_key"],
