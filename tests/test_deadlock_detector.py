@@ -139,3 +139,13 @@ def test_the_sync_loop_calls_after_step_with_whether_the_step_changed_something(
     loop.step()
     loop.step()
     assert seen == [True, False]
+
+
+def test_the_page_says_when_it_was_built_from_a_truncated_snapshot(db: None, told: list[set[str]], client: Any) -> None:
+    _cross_deadlock("k4")
+    deadlocks_refresh()
+    html = client.get("/deadlocks/").content.decode()
+    assert "1</strong> deadlock now" in html and "Incomplete" not in html
+    SyncState.objects.filter(id=1).update(locks_truncated=True)
+    html = client.get("/deadlocks/").content.decode()
+    assert "Incomplete: Restate's locks snapshot was cut at the row cap" in html
