@@ -196,6 +196,7 @@ def deadlocks_changed(*, roots: Iterable[str]) -> None:
         try:
             _send(DEADLOCKS_GROUP, {"type": "deadlocks.changed"})
             _send(STUCK_GROUP, {"type": "stuck.changed"})
+            _send(SYNC_GROUP, {"type": "sync.changed"})  # every page's header counts deadlocks
             for root in trees:
                 _send(tree_group(root), {"type": "tree.changed"})
         except Exception:

@@ -28,7 +28,7 @@ from invocations.reads.selectors import attach as selectors_attach
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
 from invocations.reads.selectors import jobs as selectors_jobs
-from invocations.reads.selectors.sync_state import sync_state_get
+from invocations.reads.selectors.sync_state import deadlocks_now_count, sync_state_get
 from invocations.records.models import ItemState
 from invocations.restate import INVOCATION_ID_RE
 
@@ -49,7 +49,7 @@ def oob(html: str, element_id: str) -> str:
 
 def sync_state(sync: SyncState | None = None) -> str:
     sync = sync or sync_state_get()
-    context = {"sync": sync, "sync_health": sync_health(sync, timezone.now())}
+    context = {"sync": sync, "sync_health": sync_health(sync, timezone.now()), "deadlocks_now": deadlocks_now_count()}
     return oob(render_to_string("invocations/_sync_state.html", context), "sync-state")
 
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from invocations.operations.roles import user_can_operate
 from invocations.reads.presenters.sync_health import sync_health
-from invocations.reads.selectors.sync_state import sync_state_get
+from invocations.reads.selectors.sync_state import deadlocks_now_count, sync_state_get
 
 
 def sync_state(request: HttpRequest) -> dict[str, Any]:
@@ -18,7 +18,7 @@ def sync_state(request: HttpRequest) -> dict[str, Any]:
     if not getattr(request, "user", None) or not request.user.is_authenticated:
         return {}
     sync = sync_state_get()
-    return {"sync": sync, "sync_health": sync_health(sync, timezone.now())}
+    return {"sync": sync, "sync_health": sync_health(sync, timezone.now()), "deadlocks_now": deadlocks_now_count()}
 
 
 def operate(request: HttpRequest) -> dict[str, Any]:
