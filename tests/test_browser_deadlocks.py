@@ -6,7 +6,6 @@ leaves the page without a reload."""
 # ruff: noqa: F811  (the fixtures imported from other test modules are parameters here, as pytest wants)
 from __future__ import annotations
 
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,12 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from demo.stack import spawn
 from invocations.operations.roles import Role, user_set_role
 from invocations.restate import RestateClient, sql_list, sql_literal
 from tests.conftest import wait_for_restate
 from tests.test_browser import page, redis_url  # noqa: F401  (fixtures used by name)
 from tests.test_browser_live import mark_page, off_loop, same_document
-from tests.test_browser_operate import _database_url, web  # noqa: F401
+from tests.test_browser_operate import sync_process, web  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -39,17 +37,7 @@ def test_an_operator_breaks_a_deadlock_with_the_button_and_it_leaves_the_page(
     members = sorted(
         r["id"] for r in restate.query(f"SELECT id FROM sys_invocation WHERE target_service_key = {sql_literal(key)}")
     )
-    sync = spawn(
-        "sync_restate",
-        [sys.executable, "manage.py", "sync_restate"],
-        tmp_path / "sync.log",
-        {
-            "DATABASE_URL": _database_url(),
-            "REDIS_URL": redis_url,
-            "RESTATE_ADMIN_URL": demo_stack.admin_url,
-            "RESTATE_INGRESS_URL": demo_stack.ingress_url,
-        },
-    )
+    sync = sync_process(tmp_path, redis_url, demo_stack)
     try:
         page.goto(f"{web}/deadlocks/")
         page.wait_for_selector("#live[data-state=live]")

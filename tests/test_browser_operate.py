@@ -52,6 +52,22 @@ def web(transactional_db: None, redis_url: str, tmp_path: Path, demo_stack: Any)
     server.stop()
 
 
+def sync_process(tmp_path: Path, redis_url: str, demo_stack: Any, **env: str) -> Any:
+    """A real `manage.py sync_restate` on the test database and the demo Restate (its deadlock detector too)."""
+    return spawn(
+        "sync_restate",
+        [sys.executable, "manage.py", "sync_restate"],
+        tmp_path / "sync.log",
+        {
+            "DATABASE_URL": _database_url(),
+            "REDIS_URL": redis_url,
+            "RESTATE_ADMIN_URL": demo_stack.admin_url,
+            "RESTATE_INGRESS_URL": demo_stack.ingress_url,
+            **env,
+        },
+    )
+
+
 def test_an_operator_cancels_from_the_page_and_the_hint_redraws_it_at_once(
     page: Any, web: str, restate: RestateClient, engine: SyncEngine, demo_stack: Any, redis_url: str, tmp_path: Path
 ) -> None:
@@ -65,19 +81,7 @@ def test_an_operator_cancels_from_the_page_and_the_hint_redraws_it_at_once(
     )
     nap = off_loop(lambda: Invocation.objects.get(parent_id=root).id)
     # The real sync process, polling only every 30 s: after its first step, only a hint wakes it.
-    sync = spawn(
-        "sync_restate",
-        [sys.executable, "manage.py", "sync_restate"],
-        tmp_path / "sync.log",
-        {
-            "DATABASE_URL": _database_url(),
-            "REDIS_URL": redis_url,
-            "RESTATE_ADMIN_URL": demo_stack.admin_url,
-            "RESTATE_INGRESS_URL": demo_stack.ingress_url,
-            "SYNC_MIN_INTERVAL_S": "30",
-            "SYNC_MAX_INTERVAL_S": "30",
-        },
-    )
+    sync = sync_process(tmp_path, redis_url, demo_stack, SYNC_MIN_INTERVAL_S="30", SYNC_MAX_INTERVAL_S="30")
     try:
         page.goto(f"{web}/invocations/{root}/")
         page.wait_for_selector("#live[data-state=live]")
