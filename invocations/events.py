@@ -179,10 +179,11 @@ def queues_changed(*, keys: Iterable[tuple[str, str]]) -> None:
     def send() -> None:
         try:
             # "at": after the commit, the same for every reader, so their redraws can share one render.
-            _send(OBJECTS_GROUP, {"type": "objects.changed", "at": time.time()})
+            at = time.time()
+            _send(OBJECTS_GROUP, {"type": "objects.changed", "at": at})
             _send(STUCK_GROUP, {"type": "stuck.changed"})
             for service, key in changed:
-                _send(object_group(service, key), {"type": "object.changed"})
+                _send(object_group(service, key), {"type": "object.changed", "at": at})
         except Exception:
             log.exception("broadcast of queue changes failed")
 

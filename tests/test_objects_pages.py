@@ -20,6 +20,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.core.cache import cache
 from django.test import Client
 from django.urls import resolve, reverse
+from django.utils import timezone
 
 from demo.stack import free_port
 from invocations import events
@@ -471,3 +472,28 @@ def test_readers_of_one_queue_change_share_one_render_of_objects(user: User, mon
     first, second = async_to_sync(two_readers)()
     assert first == second and 'id="objects-table"' in first
     assert len(renders) == 3, "one render per connect, then one for both readers of the change"
+
+
+def test_a_state_read_is_shared_only_by_redraws_of_changes_announced_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    from invocations.reads.presenters import objects as presenter
+    from invocations.reads.selectors.objects import StateRead
+
+    reads: list[float] = []
+
+    def counting(*, service: str, key: str) -> StateRead:
+        reads.append(time.time())
+        return StateRead(read_at=timezone.now())
+
+    monkeypatch.setattr(presenter.selectors, "object_state_read", counting)
+    announced = time.time()
+    first = presenter.object_state(service="Worker", key="k", fresh_after=announced)
+    assert presenter.object_state(service="Worker", key="k", fresh_after=announced) == first and len(reads) == 1
+    # A change announced after that read (the state may have changed with it) needs a new read.
+    presenter.object_state(service="Worker", key="k", fresh_after=time.time() + 0.001)
+    assert len(reads) == 2
+    presenter.object_state(service="Worker", key="k")  # a page load or "read again": now
+    assert len(reads) == 3

@@ -195,6 +195,15 @@ class JobsConsumer(_PageConsumer):
         await self.send(text_data=await database_sync_to_async(fragments.jobs_table)())
 
 
+def _announced(event: dict[str, Any]) -> float:
+    """When a queue change was sent (after its commit): a render started since then is
+    fresh for every reader. Never later than now, whatever the message says. It is the
+    sync process's clock: hosts that disagree by a second could share a render a second
+    older than the change (they share time through NTP)."""
+    at = event.get("at")
+    return min(float(at), time.time()) if isinstance(at, int | float) else time.time()
+
+
 class ObjectsConsumer(_PageConsumer):
     """/objects/: the table of busy keys, redrawn when queues or locks change, or when a
     holder it shows changes status."""
@@ -215,9 +224,7 @@ class ObjectsConsumer(_PageConsumer):
         await self.send(text_data=await database_sync_to_async(self.view.table)())
 
     async def objects_changed(self, event: dict[str, Any]) -> None:
-        at = event.get("at")
-        fresh_after = float(at) if isinstance(at, int | float) else time.time()
-        await self.send(text_data=await database_sync_to_async(self.view.table)(fresh_after=fresh_after))
+        await self.send(text_data=await database_sync_to_async(self.view.table)(fresh_after=_announced(event)))
 
     async def invocations_changed(self, event: dict[str, Any]) -> None:
         ids = event.get("ids") or []
@@ -253,7 +260,7 @@ class ObjectConsumer(_PageConsumer):
         await self.send(text_data=await database_sync_to_async(self.view.parts)())
 
     async def object_changed(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=await database_sync_to_async(self.view.parts)())
+        await self.send(text_data=await database_sync_to_async(self.view.parts)(fresh_after=_announced(event)))
 
     async def invocations_changed(self, event: dict[str, Any]) -> None:
         ids = event.get("ids") or []

@@ -308,9 +308,10 @@ class ObjectView:
     def known(self) -> bool:
         return selectors_objects.service_type_get(self.service) in selectors_objects.KEYED_TYPES
 
-    def parts(self) -> str:
-        """The holder and queue, the recent invocations and the state. Raises UnknownObjectService."""
-        context = object_context(service=self.service, key=self.key)
+    def parts(self, *, fresh_after: float | None = None) -> str:
+        """The holder and queue, the recent invocations and the state. Raises UnknownObjectService.
+        fresh_after: when the change was announced (readers of it share one read of the state)."""
+        context = object_context(service=self.service, key=self.key, fresh_after=fresh_after)
         self.shown = frozenset(context["found"].shown_ids)
         return "".join(
             oob(render_to_string(f"invocations/object.html#{part}", context), f"object-{part}")
@@ -324,4 +325,4 @@ class ObjectView:
             or selectors_objects.invocations_of_key(service=self.service, key=self.key, among=ids)
         ):
             return ""
-        return self.parts()
+        return self.parts(fresh_after=time.time())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,9 +22,8 @@ from invocations.reads.selectors.sync_state import sync_state_get
 from invocations.reads.shared import cached_once
 
 # Every reader of a key is told of a change at the same moment: one read of Restate's
-# state serves them all (and a reload within this many seconds), each labelled with
-# the moment it was read.
-STATE_CACHE_S = 2.0
+# state made since the change serves them all, labelled with the moment it was read.
+STATE_CACHE_S = 5.0
 
 
 class UnknownObjectService(LookupError):
@@ -145,15 +145,23 @@ def _state_row(entry: selectors.StateEntry) -> StateRow:
     return StateRow(entry.key, "text", entry.text, entry.length, entry.cut)
 
 
-def object_state(*, service: str, key: str) -> StateView:
-    """The key's state as Restate holds it now (one read per STATE_CACHE_S for every reader)."""
+def object_state(*, service: str, key: str, fresh_after: float | None = None) -> StateView:
+    """The key's state as Restate holds it now. fresh_after (epoch seconds, when a change
+    was announced): a read started since then is shared by every reader; None: read now."""
+    if fresh_after is None:
+        fresh_after = time.time()
     digest = hashlib.sha256(f"{service}\0{key}".encode()).hexdigest()[:32]
 
     def read() -> StateView:
         found = selectors.object_state_read(service=service, key=key)
         return StateView(found.read_at, [_state_row(e) for e in found.entries], found.total, found.error)
 
-    return cached_once(f"object-state:{digest}", usable=lambda _: True, compute=read, timeout_s=STATE_CACHE_S)
+    return cached_once(
+        f"object-state:{digest}",
+        usable=lambda view: view.read_at.timestamp() >= fresh_after,
+        compute=read,
+        timeout_s=STATE_CACHE_S,
+    )
 
 
 @dataclass(frozen=True)
@@ -171,8 +179,12 @@ class QueueRow:
     waiting: list[Invocation]
 
 
-def object_context(*, service: str, key: str, with_state: bool = True) -> dict[str, Any]:
-    """Everything a key's page and its live parts need. Raises UnknownObjectService."""
+def object_context(
+    *, service: str, key: str, with_state: bool = True, fresh_after: float | None = None
+) -> dict[str, Any]:
+    """Everything a key's page and its live parts need. Raises UnknownObjectService.
+
+    fresh_after: see object_state (a live redraw shares one read of Restate's state)."""
     kind = selectors.service_type_get(service)
     if kind is None:
         raise UnknownObjectService(
@@ -217,7 +229,7 @@ def object_context(*, service: str, key: str, with_state: bool = True) -> dict[s
         "queue_more": found.queue_length - len(queue),
         "recent": found.recent,
         "recent_cap": selectors.RECENT_CAP,
-        "state": object_state(service=service, key=key) if with_state else None,
+        "state": object_state(service=service, key=key, fresh_after=fresh_after) if with_state else None,
         "now": now,
         **_sync_notes(sync_state_get()),
     }
