@@ -5,6 +5,7 @@ itself (the sync does not mirror the `state` table)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,8 +60,18 @@ def keyed_services() -> list[str]:
     """Names for the service filter: the keyed services of the catalog, and any service
     with a lock or queue in our copy (the catalog is synced less often)."""
     names = set(Service.objects.filter(service_type__in=KEYED_TYPES).values_list("name", flat=True))
-    names.update(ObjectLock.objects.values_list("service_name", flat=True).distinct())
-    names.update(QueuedInvocation.objects.values_list("service_name", flat=True).distinct())
+    with connection.cursor() as cursor:
+        for table in (ObjectLock._meta.db_table, QueuedInvocation._meta.db_table):
+            # A skip scan over the index that starts with service_name (the lock's primary key,
+            # queue_key_seq_idx): one probe per service, where DISTINCT read every row
+            # (150,000 rows: 0.19 s).
+            cursor.execute(
+                f"WITH RECURSIVE s AS ((SELECT service_name FROM {table} ORDER BY service_name LIMIT 1) "
+                f"UNION ALL SELECT (SELECT t.service_name FROM {table} t WHERE t.service_name > s.service_name "
+                "ORDER BY t.service_name LIMIT 1) FROM s WHERE s.service_name IS NOT NULL) "
+                "SELECT service_name FROM s WHERE service_name IS NOT NULL"
+            )
+            names.update(name for (name,) in cursor.fetchall())
     return sorted(names)
 
 
@@ -346,12 +357,23 @@ class StateRead:
     error: str = ""  # Restate did not answer: the page says so instead of failing
 
 
+_clients: dict[tuple[str, str, float], RestateClient] = {}
+_clients_lock = threading.Lock()
+
+
 def state_client() -> RestateClient:
-    return RestateClient(
-        admin_url=settings.RESTATE_ADMIN_URL,
-        ingress_url=settings.RESTATE_INGRESS_URL,
-        timeout=min(STATE_TIMEOUT_S, settings.RESTATE_TIMEOUT_S),
+    """One client per process (and per settings, which tests change): making one loads
+    the TLS trust store, 40 ms of every key page; httpx's client is safe across threads."""
+    config = (
+        settings.RESTATE_ADMIN_URL,
+        settings.RESTATE_INGRESS_URL,
+        min(STATE_TIMEOUT_S, settings.RESTATE_TIMEOUT_S),
     )
+    with _clients_lock:
+        client = _clients.get(config)
+        if client is None:
+            client = _clients[config] = RestateClient(admin_url=config[0], ingress_url=config[1], timeout=config[2])
+    return client
 
 
 def object_state_read(*, service: str, key: str, client: RestateClient | None = None) -> StateRead:
@@ -370,15 +392,10 @@ def object_state_read(*, service: str, key: str, client: RestateClient | None = 
         f"WHERE service_name = {sql_literal(service)} AND service_key = {sql_literal(key)} "
         f"ORDER BY key LIMIT {STATE_ENTRIES}"
     )
-    own = client is None
-    restate = client or state_client()
     try:
-        rows = restate.query(sql)
+        rows = (client or state_client()).query(sql)
     except RestateError as exc:
         return StateRead(read_at=read_at, error=str(exc))
-    finally:
-        if own:
-            restate.close()
     entries = [
         StateEntry(
             key=row.get("key", ""),
