@@ -267,8 +267,16 @@ def test_restate_not_answering_is_said_on_the_key_page(client: Client) -> None:
     assert response.status_code == 200
     state = text(response)[text(response).index('<section id="object-state"') :].split("</section>")[0]
     assert "read from Restate's <code>state</code> table at" in state
-    assert "Restate did not answer, so the state is not shown" in state
+    assert "Could not read the state from Restate, so it is not shown" in state
     assert "127.0.0.1" not in state, "Restate's address is for staff only"
+
+
+def test_read_again_gets_only_the_state(client: Client) -> None:
+    keyed()
+    body = text(client.get("/objects/Worker/k/?partial=state", headers={"HX-Request": "true"}))
+    assert body.lstrip().startswith('<section id="object-state"') and "object-queue" not in body
+    # Without JavaScript the link reloads the whole page.
+    assert 'id="object-queue"' in text(client.get("/objects/Worker/k/?partial=state"))
 
 
 @pytest.mark.parametrize(

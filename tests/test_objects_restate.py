@@ -89,7 +89,7 @@ def test_two_calls_queued_on_one_key_appear_in_their_order_behind_the_holder(
         assert "Orchestrator/wait_worker" in queue[queue.index(f'id="queued-{second}"') :].split("</tr>")[0]
         # The state, read from Restate as the page was drawn.
         state = part(body, "object-state")
-        assert "read from Restate's <code>state</code> table at" in state and "did not answer" not in state
+        assert "read from Restate's <code>state</code> table at" in state and "Could not read" not in state
         assert "<code>done</code>" in state and "JSON" in state and "<pre>1</pre>" in state
         recent = part(body, "object-recent")
         assert holder in recent and first in recent and second in recent
