@@ -59,3 +59,8 @@ bench-deadlocks: $(STAMP)
 .PHONY: bench-bulk
 bench-bulk: $(STAMP)
 	$(PY) -m benchmarks.bulk_bench --n $(or $(N),10000)
+
+# /objects/ and a key's page at 750, 7,500 and 75,000 busy object keys (a scratch database).
+.PHONY: bench-objects
+bench-objects: $(STAMP)
+	$(PY) -m benchmarks.objects_bench

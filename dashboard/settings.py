@@ -227,7 +227,14 @@ ASGI_APPLICATION = "dashboard.asgi.application"
 if redis_url := os.environ.get("REDIS_URL"):
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ImproperlyConfigured(f"REDIS_URL={redis_url!r}: expected redis://host:port[/db]")
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}}
+    # socket_timeout above channels_redis's 5 s blocking pop: redis-py 8 reads with a 5 s
+    # timeout by default, so a socket that heard nothing for 5 s died and reconnected.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": redis_url, "socket_timeout": 15}]},
+        }
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 from asgiref.sync import async_to_sync
@@ -177,10 +178,12 @@ def queues_changed(*, keys: Iterable[tuple[str, str]]) -> None:
 
     def send() -> None:
         try:
-            _send(OBJECTS_GROUP, {"type": "objects.changed"})
+            # "at": after the commit, the same for every reader, so their redraws can share one render.
+            at = time.time()
+            _send(OBJECTS_GROUP, {"type": "objects.changed", "at": at})
             _send(STUCK_GROUP, {"type": "stuck.changed"})
             for service, key in changed:
-                _send(object_group(service, key), {"type": "object.changed"})
+                _send(object_group(service, key), {"type": "object.changed", "at": at})
         except Exception:
             log.exception("broadcast of queue changes failed")
 

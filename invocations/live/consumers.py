@@ -5,6 +5,7 @@ and the subscription. What to render lives in `fragments`."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -211,3 +212,77 @@ class DeadlocksConsumer(_PageConsumer):
 
     async def deadlocks_changed(self, event: dict[str, Any]) -> None:
         await self.send(text_data=await self._render())
+
+
+def _announced(event: dict[str, Any]) -> float:
+    """When a queue change was sent (after its commit): a render started since then is
+    fresh for every reader. Never later than now, whatever the message says. It is the
+    sync process's clock: hosts that disagree by a second could share a render a second
+    older than the change (they share time through NTP)."""
+    at = event.get("at")
+    return min(float(at), time.time()) if isinstance(at, int | float) else time.time()
+
+
+class ObjectsConsumer(_PageConsumer):
+    """/objects/: the table of busy keys, redrawn when queues or locks change, or when a
+    holder it shows changes status."""
+
+    view: fragments.ObjectsView
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        view = await database_sync_to_async(fragments.ObjectsView.from_query)(self.query())
+        if view is None:
+            await self.close(code=4400)
+            return
+        self.view = view
+        await self._join([events.OBJECTS_GROUP, events.LIST_GROUP, events.SYNC_GROUP])
+        await self.accept()
+        await self.send(text_data=await database_sync_to_async(self.view.table)())
+
+    async def objects_changed(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=await database_sync_to_async(self.view.table)(fresh_after=_announced(event)))
+
+    async def invocations_changed(self, event: dict[str, Any]) -> None:
+        ids = event.get("ids") or []
+        html = await database_sync_to_async(self.view.changes)(ids, complete=event.get("count", len(ids)) <= len(ids))
+        if html:
+            await self.send(text_data=html)
+
+
+class ObjectConsumer(_PageConsumer):
+    """One key's page (`?service=&key=`: a key is any string, so not a path segment here):
+    holder, queue, recent invocations and state, redrawn when the key's queue or lock
+    changes or a step changed an invocation the page draws or of this key."""
+
+    view: fragments.ObjectView
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        # keep_blank_values: "key=" is the empty key, not a missing one.
+        view = fragments.ObjectView.from_query(
+            parse_qs(self.scope.get("query_string", b"").decode(), keep_blank_values=True)
+        )
+        if view is None:
+            await self.close(code=4400)
+            return
+        self.view = view
+        if not await database_sync_to_async(view.known)():
+            await self.close(code=4404)
+            return
+        await self._join([events.object_group(view.service, view.key), events.LIST_GROUP, events.SYNC_GROUP])
+        await self.accept()
+        await self.send(text_data=await database_sync_to_async(self.view.parts)())
+
+    async def object_changed(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=await database_sync_to_async(self.view.parts)(fresh_after=_announced(event)))
+
+    async def invocations_changed(self, event: dict[str, Any]) -> None:
+        ids = event.get("ids") or []
+        html = await database_sync_to_async(self.view.changes)(ids, complete=event.get("count", len(ids)) <= len(ids))
+        if html:
+            await self.send(text_data=html)

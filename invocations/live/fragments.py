@@ -10,6 +10,8 @@ fetches the tree over HTTP, where one render serves every reader of the tree.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -20,15 +22,19 @@ from django.utils import timezone
 
 from invocations.reads.audit_filters import AuditFilterForm
 from invocations.reads.filters import DEFAULT_SORT, InvocationFilterForm, InvocationFilters
+from invocations.reads.object_filters import ObjectFilterForm
 from invocations.reads.presenters.attach import attach_panel_for
 from invocations.reads.presenters.audit import audit_context
 from invocations.reads.presenters.deadlocks import deadlocks_context
+from invocations.reads.presenters.objects import object_context, objects_context
 from invocations.reads.presenters.sync_health import sync_health
 from invocations.reads.selectors import attach as selectors_attach
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
 from invocations.reads.selectors import jobs as selectors_jobs
+from invocations.reads.selectors import objects as selectors_objects
 from invocations.reads.selectors.sync_state import deadlocks_now_count, sync_state_get
+from invocations.reads.shared import cached_once
 from invocations.records.models import ItemState
 from invocations.restate import INVOCATION_ID_RE
 
@@ -37,6 +43,8 @@ if TYPE_CHECKING:
 
 # Rows one list page may ask to follow: a page shows 50; more is not a page of ours.
 MAX_SHOWN_ROWS = 200
+# A shared render of /objects/ is kept this long (readers of one change ask at once).
+OBJECTS_CACHE_S = 5
 
 
 def oob(html: str, element_id: str) -> str:
@@ -243,3 +251,87 @@ def jobs_table() -> str:
 def deadlocks_list(*, can_operate: bool = False) -> str:
     context = deadlocks_context(now=timezone.now()) | {"can_operate": can_operate}
     return oob(render_to_string("invocations/deadlocks.html#deadlocks_list", context), "deadlocks-list")
+
+
+# ---------------------------------------------------------------- virtual objects
+
+
+@dataclass
+class ObjectsView:
+    """What one connected /objects/ page shows: its service filter and page."""
+
+    service: str
+    page: int
+    shown: frozenset[str] = frozenset()  # the lock holders on the page (their status is drawn)
+
+    @classmethod
+    def from_query(cls, query: dict[str, list[str]]) -> ObjectsView | None:
+        form = ObjectFilterForm({name: values[-1] for name, values in query.items() if values})
+        if not form.is_valid():
+            return None
+        return cls(service=form.cleaned_data["service"], page=form.page_number())
+
+    def table(self, *, fresh_after: float | None = None) -> str:
+        """The table as it is now; with `fresh_after` (epoch seconds, when a change was
+        announced) a render started since then is shared with every reader of this
+        filter and page in this process: ranking many keys is a query worth doing once."""
+
+        def render() -> tuple[float, str, frozenset[str]]:
+            started = time.time()
+            context = objects_context(service=self.service, page=self.page)
+            html = oob(render_to_string("invocations/objects.html#table", context), "objects-table")
+            return started, html, frozenset(r.holder_id for r in context["rows"] if r.holder_id)
+
+        if fresh_after is None:
+            _, html, self.shown = render()
+        else:
+            key = "objects-table:" + hashlib.sha256(f"{self.service}\0{self.page}".encode()).hexdigest()[:32]
+            _, html, self.shown = cached_once(
+                key, usable=lambda entry: entry[0] >= fresh_after, compute=render, timeout_s=OBJECTS_CACHE_S
+            )
+        return html
+
+    def changes(self, ids: list[str], *, complete: bool = True) -> str:
+        """A sync step changed `ids`: redraw when a holder on the page changed (its status)."""
+        if complete and not self.shown.intersection(ids):
+            return ""
+        return self.table(fresh_after=time.time())
+
+
+@dataclass
+class ObjectView:
+    """What one connected key page shows: the key, and the invocations it draws."""
+
+    service: str
+    key: str
+    shown: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_query(cls, query: dict[str, list[str]]) -> ObjectView | None:
+        # An empty key is a key: it must be present (parsed with keep_blank_values), but may be "".
+        service, key = query.get("service", [""])[-1], query.get("key", [])
+        if not service or not key or "\x00" in key[-1]:
+            return None
+        return cls(service=service, key=key[-1])
+
+    def known(self) -> bool:
+        return selectors_objects.service_type_get(self.service) in selectors_objects.KEYED_TYPES
+
+    def parts(self, *, fresh_after: float | None = None) -> str:
+        """The holder and queue, the recent invocations and the state. Raises UnknownObjectService.
+        fresh_after: when the change was announced (readers of it share one read of the state)."""
+        context = object_context(service=self.service, key=self.key, fresh_after=fresh_after)
+        self.shown = frozenset(context["found"].shown_ids)
+        return "".join(
+            oob(render_to_string(f"invocations/object.html#{part}", context), f"object-{part}")
+            for part in ("queue", "recent", "state")
+        )
+
+    def changes(self, ids: list[str], *, complete: bool = True) -> str:
+        """A sync step changed `ids`: redraw when one is drawn here or is an invocation of this key."""
+        if complete and not (
+            self.shown.intersection(ids)
+            or selectors_objects.invocations_of_key(service=self.service, key=self.key, among=ids)
+        ):
+            return ""
+        return self.parts(fresh_after=time.time())

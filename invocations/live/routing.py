@@ -9,4 +9,6 @@ websocket_urlpatterns = [
     path("ws/audit/", consumers.AuditLogConsumer.as_asgi()),
     path("ws/jobs/", consumers.JobsConsumer.as_asgi()),
     path("ws/jobs/<int:job_id>/", consumers.JobConsumer.as_asgi()),
+    path("ws/objects/", consumers.ObjectsConsumer.as_asgi()),
+    path("ws/object/", consumers.ObjectConsumer.as_asgi()),
 ]

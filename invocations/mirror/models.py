@@ -143,6 +143,14 @@ class Invocation(models.Model):
                 name="inv_unfinished_idx",
                 condition=~models.Q(status=InvocationStatus.COMPLETED) & models.Q(gone_from_restate_at__isnull=True),
             ),
+            # One virtual object key's latest invocations (the key's page, selectors.objects.object_key_get:
+            # `WHERE service_name = %s AND service_key = %s ORDER BY created_at DESC, id DESC LIMIT 20`),
+            # and the list's service + key filter. Keyless invocations are left out: they never match.
+            models.Index(
+                fields=["service_name", "service_key", "-created_at", "-id"],
+                name="inv_object_key_created_idx",
+                condition=models.Q(service_key__isnull=False),
+            ),
             # Idempotency-key search; most invocations from services have none.
             models.Index(
                 fields=["idempotency_key"],

@@ -14,6 +14,7 @@ from django.utils import timezone
 from invocations.reads.presenters.deadlocks import deadlock_banners
 from invocations.reads.presenters.invocation import SERVICE_TYPE_LABELS, idempotency_origin
 from invocations.reads.presenters.journal import journal_row
+from invocations.reads.presenters.objects import queue_facts
 from invocations.reads.presenters.payloads import input_payload, output_result
 from invocations.reads.presenters.waterfall import Expansion, tree_view
 from invocations.reads.selectors import detail as selectors_detail
@@ -53,6 +54,7 @@ def detail_context(
         "journal_rows": [journal_row(e) for e in journal.entries] if journal_rows else [],
         "tree": tree_view(inv, now, expansions),
         "deadlock_banners": deadlock_banners(invocation_id=inv.id, root_id=inv.root_id),
+        **queue_facts(inv),
     }
 
 

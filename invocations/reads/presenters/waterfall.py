@@ -26,6 +26,7 @@ from invocations.mirror.status import COMPLETION_FAILURE, InvocationStatus
 from invocations.reads.presenters.formatting import duration, iso_utc, utc_text
 from invocations.reads.presenters.invocation import retries_label
 from invocations.reads.selectors import detail as selectors_detail
+from invocations.reads.selectors.waits import QueuePlace, queue_places
 
 # "show more" expansions a live refresh re-applies, and the rows they may add: a
 # reader who opened a few is served, a URL asking for hundreds is not.
@@ -82,6 +83,9 @@ class WaterfallRow:
     run_left: float = 0.0
     run_width: float = 0.0
     beyond: str = ""
+    # A queued call: its place in its object key's queue, linking to the key's page.
+    queue_text: str = ""
+    queue_href: str = ""
     # "show more" rows
     url: str = ""
     more_text: str = ""
@@ -100,7 +104,18 @@ def _beyond_text(r: trees.Row) -> str:
     return "still running" if r.run_width else "waiting"
 
 
-def _node_row(r: trees.Row, detail_url: str) -> WaterfallRow:
+def _queue_bits(place: QueuePlace | None) -> tuple[str, str]:
+    """A queued row's place ("position 1 of 2, behind inv_...") and its key's page."""
+    if place is None:
+        return "", ""
+    behind = f"behind {place.holder_id}" if place.holder_id else "nobody holds the lock: next to run"
+    return (
+        f"position {place.position} of {place.length}, {behind}",
+        reverse("invocations:object", args=[place.service, place.key]),
+    )
+
+
+def _node_row(r: trees.Row, detail_url: str, place: QueuePlace | None = None) -> WaterfallRow:
     n = r.node
     assert n is not None
     classes = f"wf-row status-{n.status} k-{n.kind}"
@@ -114,6 +129,7 @@ def _node_row(r: trees.Row, detail_url: str) -> WaterfallRow:
         if flag:
             classes += " " + name
     fires = n.fires_at if n.status == InvocationStatus.SCHEDULED else None
+    queue_text, queue_href = _queue_bits(place)
     if fires is not None:
         when = ""
     elif n.completed_at is not None:
@@ -143,6 +159,8 @@ def _node_row(r: trees.Row, detail_url: str) -> WaterfallRow:
         run_left=r.run_left,
         run_width=r.run_width,
         beyond=_beyond_text(r),
+        queue_text=queue_text,
+        queue_href=queue_href,
     )
 
 
@@ -160,7 +178,15 @@ def waterfall_rows(rows: Iterable[trees.Row]) -> list[WaterfallRow]:
     # Reversed once with a placeholder: reverse() per row was a measurable share of 2,000 rows.
     detail_url = reverse("invocations:detail", args=["__ID__"])
     children_url = reverse("invocations:tree_children", args=["__ID__"])
-    return [_more_row(r, children_url) if r.is_more else _node_row(r, detail_url) for r in rows]
+    rows = list(rows)
+    # Only queued rows can have a place: one indexed query for them, none for most trees.
+    places = queue_places(
+        invocation_ids=[r.node.id for r in rows if r.node is not None and r.node.status == InvocationStatus.PENDING]
+    )
+    return [
+        _more_row(r, children_url) if r.is_more else _node_row(r, detail_url, places.get(r.node.id if r.node else ""))
+        for r in rows
+    ]
 
 
 def expand(
