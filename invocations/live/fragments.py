@@ -10,6 +10,7 @@ fetches the tree over HTTP, where one render serves every reader of the tree.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -22,12 +23,14 @@ from invocations.reads.audit_filters import AuditFilterForm
 from invocations.reads.filters import DEFAULT_SORT, InvocationFilterForm, InvocationFilters
 from invocations.reads.presenters.attach import attach_panel_for
 from invocations.reads.presenters.audit import audit_context
+from invocations.reads.presenters.stuck import stuck_context
 from invocations.reads.presenters.sync_health import sync_health
 from invocations.reads.selectors import attach as selectors_attach
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
 from invocations.reads.selectors import jobs as selectors_jobs
 from invocations.reads.selectors.sync_state import sync_state_get
+from invocations.reads.shared import cached_once
 from invocations.records.models import ItemState
 from invocations.restate import INVOCATION_ID_RE
 
@@ -234,3 +237,24 @@ def jobs_table() -> str:
     return oob(
         render_to_string("invocations/jobs.html#jobs_table", {"page": selectors_jobs.job_list(page=1)}), "jobs-table"
     )
+
+
+# ---------------------------------------------------------------- /stuck/
+
+# Every /stuck/ page of a process is told of a change at the same moment: one render
+# (grouping every unfinished invocation) serves all of them.
+STUCK_CACHE_S = 5
+
+
+def stuck_groups(*, fresh_after: float) -> str:
+    """The groups of /stuck/ as an out-of-band swap, from a render that started at or after
+    `fresh_after` (epoch seconds): a cached one when it is that recent, else a new one."""
+
+    def render() -> tuple[float, str]:
+        started = time.time()  # before any read: the render sees every commit announced until now
+        html = render_to_string("invocations/stuck.html#groups", stuck_context() | {"oob": True})
+        return started, html
+
+    return cached_once(
+        "live-stuck", usable=lambda entry: entry[0] >= fresh_after, compute=render, timeout_s=STUCK_CACHE_S
+    )[1]

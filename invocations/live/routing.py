@@ -8,4 +8,5 @@ websocket_urlpatterns = [
     path("ws/audit/", consumers.AuditLogConsumer.as_asgi()),
     path("ws/jobs/", consumers.JobsConsumer.as_asgi()),
     path("ws/jobs/<int:job_id>/", consumers.JobConsumer.as_asgi()),
+    path("ws/stuck/", consumers.StuckConsumer.as_asgi()),
 ]

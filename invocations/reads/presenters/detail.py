@@ -14,6 +14,7 @@ from django.utils import timezone
 from invocations.reads.presenters.invocation import SERVICE_TYPE_LABELS, idempotency_origin
 from invocations.reads.presenters.journal import journal_row
 from invocations.reads.presenters.payloads import input_payload, output_result
+from invocations.reads.presenters.stuck import invocation_stuck
 from invocations.reads.presenters.waterfall import Expansion, tree_view
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.shared import cached_once
@@ -51,6 +52,7 @@ def detail_context(
         "journal": journal,
         "journal_rows": [journal_row(e) for e in journal.entries] if journal_rows else [],
         "tree": tree_view(inv, now, expansions),
+        "stuck": invocation_stuck(inv),  # "Why is this stuck?" (None once completed)
     }
 
 
