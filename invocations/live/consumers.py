@@ -199,13 +199,15 @@ class JobsConsumer(_PageConsumer):
 class StuckConsumer(_PageConsumer):
     """/stuck/: its groups, re-rendered when waits change (queues, locks, deadlocks: the
     stuck group) or invocations change status (the list group). A burst of changes is one
-    render: the first change waits out RENDER_SPACING_S since the last render, and the
-    changes arriving meanwhile are covered by it; one that arrives during a render (whose
-    reads may have missed it) brings one more."""
+    render: the first change waits out the spacing since the last render (RENDER_SPACING_S,
+    or twice what the last render cost: grouping 100k unfinished invocations takes a few
+    hundred ms), and the changes arriving meanwhile are covered by it; one that arrives
+    during a render (whose reads may have missed it) brings one more."""
 
     RENDER_SPACING_S = 0.5
     _pending: asyncio.Task[None] | None = None
     _last_render = 0.0
+    _last_cost = 0.0
     _announced = 0.0  # when the latest change was told (epoch seconds)
 
     async def connect(self) -> None:
@@ -225,11 +227,13 @@ class StuckConsumer(_PageConsumer):
     async def _render(self, fresh_after: float) -> None:
         self._last_render = time.monotonic()
         html = await database_sync_to_async(fragments.stuck_groups)(fresh_after=fresh_after)
+        self._last_cost = time.monotonic() - self._last_render
         await self.send(text_data=html)
 
     async def _render_soon(self) -> None:
         while True:
-            await asyncio.sleep(max(0.0, self._last_render + self.RENDER_SPACING_S - time.monotonic()))
+            spacing = max(self.RENDER_SPACING_S, 2 * self._last_cost)
+            await asyncio.sleep(max(0.0, self._last_render + spacing - time.monotonic()))
             covered = self._announced
             await self._render(covered)
             if self._announced <= covered:

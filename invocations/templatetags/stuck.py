@@ -13,9 +13,3 @@ register = template.Library()
 def deadlock_url(deadlock_id: str) -> str:
     """`/deadlocks/#deadlock-<id>`: where a deadlock is shown and broken."""
     return stuck.deadlocks_url(deadlock_id)
-
-
-@register.filter
-def group_url(group: stuck.StuckGroup) -> str:
-    """The invocation list filtered to one /stuck/ group's members."""
-    return stuck.group_list_url(group)

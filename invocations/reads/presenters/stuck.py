@@ -6,7 +6,7 @@ decides which facts apply (templates/invocations/_stuck.html, stuck.html)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from invocations.mirror.models import Deadlock, Invocation, WorkflowPromise
 from invocations.mirror.status import InvocationStatus
+from invocations.reads.presenters.formatting import iso_utc
 from invocations.reads.presenters.invocation import retries
 from invocations.reads.selectors import stuck as selectors
 from invocations.reads.selectors import waits
@@ -209,19 +210,31 @@ _WAITING_FILTER = {
 }
 
 
-def group_list_url(group: StuckGroup) -> str:
-    """The invocation list filtered to the group's members, oldest first."""
+def group_list_url(group: StuckGroup, *, sampled_until: datetime | None = None) -> str:
+    """The invocation list filtered to the group's members, oldest first.
+
+    sampled_until: when /stuck/ read the journals of a sample only (the oldest running and
+    suspended invocations, created up to then), a waiting group's list is bounded the same
+    way: it shows what was counted, and reads the journals of no more invocations than the
+    page did (the `waiting=` filter reads one journal per candidate)."""
     if group.reason == ReasonKind.DEADLOCK:
         return deadlocks_url(group.deadlock_id or "")
     if group.reason == ReasonKind.QUEUED:
         return _list_url(status=S.PENDING, service=group.service, key=group.key, sort="created")
     waiting = None if group.beyond_sample else _WAITING_FILTER.get(group.reason)
+    before = after = None
+    if sampled_until is not None and group.status in selectors.WAITING_STATUSES:
+        # The sample: created up to `sampled_until` (the list's bounds: after >=, before <).
+        line = iso_utc(sampled_until + timedelta(microseconds=1))
+        after, before = (line, None) if group.beyond_sample else (None, line)
     return _list_url(
         status=group.status,
         service=group.service,
         handler=group.handler,
         error_code=group.error_code,
         waiting=waiting,
+        created_after=after,
+        created_before=before,
         sort="created",
     )
 
@@ -249,7 +262,9 @@ def stuck_context() -> dict[str, Any]:
             count=totals.count,
             groups=totals.groups,
             oldest_at=totals.oldest_at,
-            rows=[(g, group_list_url(g)) for g in overview.groups.get(reason, [])],
+            rows=[
+                (g, group_list_url(g, sampled_until=overview.sampled_until)) for g in overview.groups.get(reason, [])
+            ],
         )
         for reason, totals in overview.totals.items()
         if totals.count

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import connection, models
-from django.db.models import Exists, F, OuterRef, Q, QuerySet
-from django.db.models.fields.json import KeyTransform
+from django.db.models import Exists, F, Func, OuterRef, Q, QuerySet, Value
+from django.db.models.lookups import Exact, GreaterThan
 
 from invocations.mirror.models import (
     Deadlock,
@@ -99,22 +100,8 @@ class OpenWait:
         return None
 
 
-def _open_waits_sql(where: str) -> str:
-    journal = JournalEntry._meta.db_table
-    # The completion id's field depends on the command (a Call's is result_completion_id);
-    # the command's name is the entry type after "Command: " (10th character on).
-    completion = (
-        "c.entry_lite->'Command'->substr(c.entry_type, 10)->"
-        "(CASE WHEN c.entry_type = 'Command: Call' THEN 'result_completion_id' ELSE 'completion_id' END)"
-    )
-    return (
-        f"SELECT c.invocation_id, c.index, c.entry_type, c.appended_at, c.entry_lite FROM {journal} c "
-        f"WHERE {where} AND c.entry_type = ANY(%s) "
-        # Each NOT EXISTS reads one invocation's entries through the primary key (invocation_id, index).
-        f"AND NOT EXISTS (SELECT 1 FROM {journal} n WHERE n.invocation_id = c.invocation_id "
-        f"AND n.entry_type LIKE 'Notification: %%' AND n.entry_lite->'Notification'->'id'->'CompletionId' = {completion}) "
-        "ORDER BY c.invocation_id, c.index"
-    )
+# The SQL function (migration 0012) that says which of an invocation's commands still wait.
+OPEN_WAITS_FUNCTION = "stuck_open_waits"
 
 
 def open_waits(*, invocation_ids: Iterable[str]) -> dict[str, list[OpenWait]]:
@@ -122,11 +109,17 @@ def open_waits(*, invocation_ids: Iterable[str]) -> dict[str, list[OpenWait]]:
     ids = list(dict.fromkeys(invocation_ids))
     if not ids:
         return {}
+    journal = JournalEntry._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(_open_waits_sql("c.invocation_id = ANY(%s)"), [ids, AWAITED_TYPES])
+        cursor.execute(
+            "SELECT c.invocation_id, c.index, c.entry_type, c.appended_at, c.entry_lite "
+            f"FROM unnest(%s::text[]) AS inv(id) CROSS JOIN LATERAL unnest({OPEN_WAITS_FUNCTION}(inv.id, %s::text[])) AS w(idx) "
+            f"JOIN {journal} c ON c.invocation_id = inv.id AND c.index = w.idx",
+            [ids, AWAITED_TYPES],
+        )
         rows = cursor.fetchall()
     found: dict[str, list[OpenWait]] = defaultdict(list)
-    for inv_id, index, entry_type, appended_at, lite in rows:
+    for inv_id, index, entry_type, appended_at, lite in sorted(rows, key=lambda r: (r[0], r[1])):
         wait = _open_wait(inv_id, index, entry_type, appended_at, lite)
         if wait is not None:
             found[inv_id].append(wait)
@@ -159,29 +152,27 @@ def primary_wait(waits: list[OpenWait]) -> OpenWait | None:
     return None
 
 
-def _open_command_exists(command: str) -> Exists:
-    """EXISTS an open `command` in the outer invocation's journal (for the list filter)."""
-    completion_field, _ = AWAITED[command]
-    completion = KeyTransform(completion_field, KeyTransform(command, KeyTransform("Command", "entry_lite")))
-    notified = JournalEntry.objects.filter(
-        invocation_id=OuterRef("invocation_id"), entry_type__startswith="Notification: "
-    ).filter(Q(entry_lite__Notification__id__CompletionId=OuterRef("completion")))
-    return Exists(
-        JournalEntry.objects.filter(invocation_id=OuterRef("id"), entry_type=f"Command: {command}")
-        .annotate(completion=completion)
-        .filter(~Exists(notified))
-    )
-
-
 def waiting_q(kind: str) -> Q:
-    """Invocations with an open wait of `kind` in the journal we hold; `none`: with no open wait."""
-    commands = [name for name, (_, k) in AWAITED.items() if k == kind]
-    if kind == WaitKind.NONE:
-        commands = list(AWAITED)
-    either = Q()
-    for command in commands:
-        either |= Q(_open_command_exists(command))
-    return ~either if kind == WaitKind.NONE else either
+    """Running or suspended invocations with an open wait of `kind` in the journal we hold;
+    `none`: with no open wait. Only those wait: a killed invocation keeps its last command
+    open forever. The status comes first, so a count per status (the list's chips) of any
+    other status is empty at once (the btree sees the contradiction), and the journal is
+    read for running and suspended invocations only, one lookup each."""
+    commands = (
+        AWAITED_TYPES if kind == WaitKind.NONE else [f"Command: {n}" for n, (_, k) in AWAITED.items() if k == kind]
+    )
+    open_count = Func(
+        Func(
+            F("id"),
+            Value(commands, output_field=ArrayField(models.TextField())),
+            function=OPEN_WAITS_FUNCTION,
+            output_field=ArrayField(models.IntegerField()),
+        ),
+        function="cardinality",
+        output_field=models.IntegerField(),
+    )
+    journal_says: Exact | GreaterThan = Exact(open_count, 0) if kind == WaitKind.NONE else GreaterThan(open_count, 0)
+    return Q(status__in=WAITING_STATUSES) & Q(journal_says)
 
 
 # ---------------------------------------------------------------- facts for one invocation
@@ -314,7 +305,9 @@ class StuckOverview:
     totals: dict[ReasonKind, ReasonTotals]
     waiting_total: int  # running + suspended outside deadlocks
     waiting_classified: int  # of them, how many were classified from their journals (the sample)
-    gone: int  # unfinished in our copy but gone from Restate (left out)
+    # When the sample did not reach every one: the creation time of its newest, the line
+    # between the classified (created up to it) and the rest.
+    sampled_until: datetime | None
     deadlocked: int  # invocations in current deadlocks (listed under their deadlock only)
 
 
@@ -322,21 +315,22 @@ def _current_members() -> QuerySet[DeadlockMember]:
     return DeadlockMember.objects.filter(deadlock__resolved_at__isnull=True)
 
 
-def stuck_overview(*, sample: int = WAIT_SAMPLE, shown: int = GROUPS_SHOWN) -> StuckOverview:
-    """Every unfinished invocation of our copy, grouped by why it is not done."""
+def stuck_overview(*, sample: int | None = None, shown: int = GROUPS_SHOWN) -> StuckOverview:
+    """Every unfinished invocation of our copy, grouped by why it is not done (`sample`:
+    how many running/suspended journals to read, WAIT_SAMPLE by default)."""
+    sample = WAIT_SAMPLE if sample is None else sample
     groups: dict[ReasonKind, list[StuckGroup]] = defaultdict(list)
     totals: dict[ReasonKind, ReasonTotals] = defaultdict(ReasonTotals)
     deadlocked = _deadlock_groups(groups, totals)
     _status_groups(groups, totals, shown=shown)
     _queue_groups(groups, totals, shown=shown)
-    waiting_total, classified = _waiting_groups(groups, totals, sample=sample, shown=shown)
-    gone = Invocation.objects.exclude(status=S.COMPLETED).filter(gone_from_restate_at__isnull=False).count()
+    waiting_total, classified, sampled_until = _waiting_groups(groups, totals, sample=sample, shown=shown)
     return StuckOverview(
         groups=dict(groups),
         totals=dict(totals),
         waiting_total=waiting_total,
         waiting_classified=classified,
-        gone=gone,
+        sampled_until=sampled_until if waiting_total > classified else None,
         deadlocked=deadlocked,
     )
 
@@ -383,7 +377,7 @@ def _not_deadlocked(alias: str) -> str:
 # only the first `shown` of each come back, whatever their number.
 _NUMBERED = (
     "SELECT * FROM (SELECT g.*, row_number() OVER (PARTITION BY part ORDER BY oldest, a, b, c) AS rn, "
-    "count(*) OVER (PARTITION BY part) AS n_groups, sum(n) OVER (PARTITION BY part) AS n_total, "
+    "count(*) OVER (PARTITION BY part) AS n_groups, (sum(n) OVER (PARTITION BY part))::bigint AS n_total, "
     "min(oldest) OVER (PARTITION BY part) AS oldest_all FROM ({grouped}) g) r WHERE rn <= %s ORDER BY part, rn"
 )
 
@@ -485,10 +479,11 @@ def _waiting_groups(
     *,
     sample: int,
     shown: int,
-) -> tuple[int, int]:
+) -> tuple[int, int, datetime | None]:
     """Running and suspended invocations by what their journals say they wait on: the `sample`
     oldest are classified (their open waits, one query on the journal's primary key), the rest
-    counted per status and target as not classified. Returns (how many, how many classified)."""
+    counted per status and target as not classified. Returns how many there are, how many were
+    classified, and the creation time of the newest classified."""
     base = (
         Invocation.objects.filter(status__in=WAITING_STATUSES, gone_from_restate_at__isnull=True)
         .alias(deadlocked=Exists(_current_members().filter(invocation_id=OuterRef("id"))))
@@ -496,7 +491,14 @@ def _waiting_groups(
     )
     rows = list(
         base.order_by("created_at", "id").values(
-            "id", "status", "service_name", "handler_name", "modified_at", "journal_size", "journal_synced_size"
+            "id",
+            "status",
+            "service_name",
+            "handler_name",
+            "created_at",
+            "modified_at",
+            "journal_size",
+            "journal_synced_size",
         )[:sample]
     )
     waits = open_waits(invocation_ids=[r["id"] for r in rows])
@@ -557,4 +559,4 @@ def _waiting_groups(
             oldest_at=min((g.oldest_at for g in found if g.oldest_at), default=None),
         )
         groups[reason] = found[:shown]
-    return total, len(rows)
+    return total, len(rows), rows[-1]["created_at"] if rows else None
