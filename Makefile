@@ -49,6 +49,12 @@ clean-data:
 bench-pages: $(STAMP) browser graphviz
 	$(PY) -m benchmarks.pages_bench
 
+# /stuck/ at 1,000,000 invocations with 100,000 unfinished: the page, its live fragment, the
+# grouping, the list links it hands out and a detail panel, against a bare GROUP BY status.
+.PHONY: bench-stuck
+bench-stuck: $(STAMP)
+	$(PY) -m benchmarks.stuck_bench
+
 # A bulk cancel of 10,000 invocations through our job runner against Restate's own CLI
 # by filter, in the same run (N=... to change the count).
 .PHONY: bench-bulk

@@ -14,6 +14,7 @@ any per-reason page must read. EXPLAIN ANALYZE of the grouped queries is printed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import statistics
@@ -223,9 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"kept: --reuse {scratch.name}")
     finally:
         if not args.keep:
+            from django.core.exceptions import ImproperlyConfigured
             from django.db import connections
 
-            connections.close_all()
+            with contextlib.suppress(ImproperlyConfigured):  # Django never set up: nothing to close
+                connections.close_all()
             scratch.drop()
     return 0
 

@@ -320,6 +320,9 @@ def test_the_list_filters_stuck_links_to_and_refuses_bad_values(client: Client) 
         return {part.split('"', 1)[0] for part in text.split('id="row-')[1:]}
 
     assert ids("waiting=sleep") == {sleeping.id}
+    page = client.get("/invocations/?waiting=sleep").content.decode()
+    assert '<input type="hidden" name="waiting" value="sleep">' in page, "the filter form keeps it"
+    assert "waiting on a timer (sleep), by the journal we hold" in page
     assert ids("status=backing-off&error_code=RT0007") == {failing.id}
     assert other.id in ids("error_code=500")
     assert client.get("/invocations/?waiting=forever").status_code == 400

@@ -36,6 +36,7 @@ from django.db import connection, models
 from django.db.models import Exists, F, Func, OuterRef, Q, QuerySet, Value
 from django.db.models.lookups import Exact, GreaterThan
 
+from invocations.mirror.actions import Action
 from invocations.mirror.models import (
     Deadlock,
     DeadlockMember,
@@ -46,6 +47,7 @@ from invocations.mirror.models import (
 )
 from invocations.mirror.status import InvocationStatus
 from invocations.records.models import AuditEntry, AuditKind, BulkJobItem, ItemState
+from invocations.restate import Outcome as RestateOutcome
 
 S = InvocationStatus
 
@@ -65,6 +67,8 @@ class WaitKind(models.TextChoices):
 
 # Journal commands that wait for a completion: the body field with its completion id, and
 # what the wait is. Call's `invocation_id_completion_id` only hands over the callee's id.
+# The SQL function stuck_open_waits (migration 0012) knows the same fields: a new entry
+# here with another field needs the function replaced too.
 AWAITED: dict[str, tuple[str, WaitKind]] = {
     "Call": ("result_completion_id", WaitKind.CALL),
     "GetPromise": ("completion_id", WaitKind.PROMISE),
@@ -73,8 +77,8 @@ AWAITED: dict[str, tuple[str, WaitKind]] = {
     "Run": ("completion_id", WaitKind.RUN),
 }
 AWAITED_TYPES = [f"Command: {name}" for name in AWAITED]
-# When an invocation waits on several things at once (a sleep racing a promise is a
-# timeout), the one named first is the reason: the sleep is usually the timeout.
+# When an invocation waits on several things at once, the first kind here is the reason;
+# a sleep comes last because beside another wait it is usually that wait's timeout.
 WAIT_PRIORITY = [WaitKind.CALL, WaitKind.PROMISE, WaitKind.ATTACH, WaitKind.RUN, WaitKind.SLEEP]
 
 
@@ -191,11 +195,13 @@ def pause_record(*, invocation_id: str) -> PauseRecord | None:
     """The pause behind this invocation's current pause, when it went through us: the latest
     pause/resume we sent for it (audit_targets_gin), if that was an accepted pause."""
     entry = (
-        AuditEntry.objects.filter(targets__contains=[invocation_id], action__in=["pause", "resume", "retry-now"])
+        AuditEntry.objects.filter(
+            targets__contains=[invocation_id], action__in=[Action.PAUSE, Action.RESUME, Action.RETRY_NOW]
+        )
         .order_by("-id")
         .first()
     )
-    if entry is None or entry.action != "pause":
+    if entry is None or entry.action != Action.PAUSE:
         return None
     if entry.kind == AuditKind.BULK_BATCH:
         # A batch's entry names every target; the item says whether this one was accepted.
@@ -203,7 +209,7 @@ def pause_record(*, invocation_id: str) -> PauseRecord | None:
             job_id=entry.job_id, invocation_id=invocation_id, state=ItemState.SUCCEEDED
         ).exists()
         return PauseRecord(entry.username, entry.at, entry.job_id) if accepted else None
-    return PauseRecord(entry.username, entry.at, None) if entry.outcome == "done" else None
+    return PauseRecord(entry.username, entry.at, None) if entry.outcome == RestateOutcome.DONE else None
 
 
 def invocations_get(*, invocation_ids: Iterable[str]) -> dict[str, Invocation]:
@@ -401,7 +407,7 @@ def _status_groups(
     with connection.cursor() as cursor:
         cursor.execute(
             _NUMBERED.format(grouped=grouped),
-            [S.BACKING_OFF, S.PAUSED, S.SCHEDULED, list(STATUS_REASONS), shown],
+            [S.BACKING_OFF.value, S.PAUSED.value, S.SCHEDULED.value, [s.value for s in STATUS_REASONS], shown],
         )
         names = [c.name for c in cursor.description]
         rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -438,7 +444,7 @@ def _queue_groups(
         "GROUP BY 2, 3, 4"
     )
     with connection.cursor() as cursor:
-        cursor.execute(_NUMBERED.format(grouped=grouped), [S.PENDING, shown])
+        cursor.execute(_NUMBERED.format(grouped=grouped), [S.PENDING.value, shown])
         names = [c.name for c in cursor.description]
         rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     for row in rows:
@@ -539,6 +545,7 @@ def _waiting_groups(
             total += r["n"]
             rest = r["n"] - sampled[(r["status"], r["service_name"], r["handler_name"])]
             if rest > 0:
+                # Keyed apart from a sampled "unknown" group of the same target (journal not copied yet).
                 classified[(ReasonKind.UNKNOWN, r["status"], r["service_name"], "\0" + r["handler_name"])] = StuckGroup(
                     reason=ReasonKind.UNKNOWN,
                     count=rest,
