@@ -53,6 +53,11 @@ bench-pages: $(STAMP) browser graphviz
 .PHONY: bench-deadlocks
 bench-deadlocks: $(STAMP)
 	$(PY) -m benchmarks.deadlock_bench
+# /stuck/ at 1,000,000 invocations with 100,000 unfinished: the page, its live fragment, the
+# grouping, the list links it hands out and a detail panel, against a bare GROUP BY status.
+.PHONY: bench-stuck
+bench-stuck: $(STAMP)
+	$(PY) -m benchmarks.stuck_bench
 
 # A bulk cancel of 10,000 invocations through our job runner against Restate's own CLI
 # by filter, in the same run (N=... to change the count).

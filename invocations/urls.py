@@ -2,7 +2,7 @@ from urllib.parse import quote, unquote
 
 from django.urls import path, register_converter
 
-from invocations.views import actions, attach, audit, deadlocks, detail, jobs, lists, objects, service_map
+from invocations.views import actions, attach, audit, deadlocks, detail, jobs, lists, objects, service_map, stuck
 
 
 class InvocationIdConverter:
@@ -87,4 +87,5 @@ urlpatterns = [
     path("jobs/new/", jobs.job_preview, name="job_preview"),
     path("jobs/<int:job_id>/", jobs.job_detail, name="job"),
     path("jobs/<int:job_id>/stop/", jobs.job_stop, name="job_stop"),
+    path("stuck/", stuck.stuck, name="stuck"),
 ]

@@ -354,7 +354,7 @@ def test_a_queued_invocation_shows_its_place_and_holder_in_its_header_and_tree_r
     queue("Worker", "k", first, second)
 
     body = text(client.get(f"/invocations/{second.id}/"))
-    header = body[body.index('<section id="inv-header"') :].split("</section>")[0]
+    header = body[body.index('<section id="inv-header"') : body.index('<div class="payloads">')]
     assert "position 2 of 2 on" in header and f'behind <a href="/invocations/{holder.id}/">' in header
     assert "Worker/k/work, which holds the lock" in header
     assert 'href="/objects/Worker/k/"' in header
@@ -364,7 +364,8 @@ def test_a_queued_invocation_shows_its_place_and_holder_in_its_header_and_tree_r
 
     held = text(client.get(f"/invocations/{holder.id}/"))
     assert "holds the lock of" in held and "2 calls queued behind it" in held
-    assert "position" not in held[held.index('<section id="inv-header"') :].split("</section>")[0]
+    facts = held[held.index('<dl class="facts">') : held.index('<div class="payloads">')]
+    assert "position" not in facts
 
 
 # ------------------------------------------------------------------ live

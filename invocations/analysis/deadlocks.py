@@ -62,7 +62,7 @@ def wait_graph_queries() -> list[tuple[str, list[Any]]]:
     queue, lock = QueuedInvocation._meta.db_table, ObjectLock._meta.db_table
     return [
         # The request-response calls of unfinished callers: each caller waits on its callee.
-        # Walked from the unfinished callers (inv_unfinished_idx) to their edges (the edge
+        # Walked from the unfinished callers (inv_stuck_idx, whose condition is this WHERE) to their edges (the edge
         # primary key starts with the caller), so completed history costs nothing. A callee
         # that has completed waits on nothing, so it can close no cycle: it is not joined to
         # be filtered out, the detector drops it with the other dead ends.

@@ -4,6 +4,7 @@ and the subscription. What to render lives in `fragments`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime
@@ -286,3 +287,58 @@ class ObjectConsumer(_PageConsumer):
         html = await database_sync_to_async(self.view.changes)(ids, complete=event.get("count", len(ids)) <= len(ids))
         if html:
             await self.send(text_data=html)
+
+
+class StuckConsumer(_PageConsumer):
+    """/stuck/: its groups, re-rendered when waits change (queues, locks, deadlocks: the
+    stuck group) or invocations change status (the list group). A burst of changes is one
+    render: the first change waits out the spacing since the last render (RENDER_SPACING_S,
+    or twice what the last render cost: grouping 100k unfinished invocations takes a few
+    hundred ms), and the changes arriving meanwhile are covered by it; one that arrives
+    during a render (whose reads may have missed it) brings one more."""
+
+    RENDER_SPACING_S = 0.5
+    _pending: asyncio.Task[None] | None = None
+    _last_render = 0.0
+    _last_cost = 0.0
+    _announced = 0.0  # when the latest change was told (epoch seconds)
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        await self._join([events.STUCK_GROUP, events.LIST_GROUP, events.SYNC_GROUP])
+        await self.accept()
+        # After joining: a change committed between the page's render and now is not lost.
+        await self._render(time.time())
+
+    async def disconnect(self, code: int) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        await super().disconnect(code)
+
+    async def _render(self, fresh_after: float) -> None:
+        self._last_render = time.monotonic()
+        html = await database_sync_to_async(fragments.stuck_groups)(fresh_after=fresh_after)
+        self._last_cost = time.monotonic() - self._last_render
+        await self.send(text_data=html)
+
+    async def _render_soon(self) -> None:
+        while True:
+            spacing = max(self.RENDER_SPACING_S, 2 * self._last_cost)
+            await asyncio.sleep(max(0.0, self._last_render + spacing - time.monotonic()))
+            covered = self._announced
+            await self._render(covered)
+            if self._announced <= covered:
+                return
+
+    async def _changed(self) -> None:
+        self._announced = time.time()
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.ensure_future(self._render_soon())
+
+    async def stuck_changed(self, event: dict[str, Any]) -> None:
+        await self._changed()
+
+    async def invocations_changed(self, event: dict[str, Any]) -> None:
+        await self._changed()

@@ -27,6 +27,7 @@ from invocations.reads.presenters.attach import attach_panel_for
 from invocations.reads.presenters.audit import audit_context
 from invocations.reads.presenters.deadlocks import deadlocks_context
 from invocations.reads.presenters.objects import object_context, objects_context
+from invocations.reads.presenters.stuck import stuck_context
 from invocations.reads.presenters.sync_health import sync_health
 from invocations.reads.selectors import attach as selectors_attach
 from invocations.reads.selectors import detail as selectors_detail
@@ -335,3 +336,24 @@ class ObjectView:
         ):
             return ""
         return self.parts(fresh_after=time.time())
+
+
+# ---------------------------------------------------------------- /stuck/
+
+# Every /stuck/ page of a process is told of a change at the same moment: one render
+# (grouping every unfinished invocation) serves all of them.
+STUCK_CACHE_S = 5
+
+
+def stuck_groups(*, fresh_after: float) -> str:
+    """The groups of /stuck/ as an out-of-band swap, from a render that started at or after
+    `fresh_after` (epoch seconds): a cached one when it is that recent, else a new one."""
+
+    def render() -> tuple[float, str]:
+        started = time.time()  # before any read: the render sees every commit announced until now
+        html = render_to_string("invocations/stuck.html#groups", stuck_context() | {"oob": True})
+        return started, html
+
+    return cached_once(
+        "live-stuck", usable=lambda entry: entry[0] >= fresh_after, compute=render, timeout_s=STUCK_CACHE_S
+    )[1]

@@ -11,4 +11,5 @@ websocket_urlpatterns = [
     path("ws/jobs/<int:job_id>/", consumers.JobConsumer.as_asgi()),
     path("ws/objects/", consumers.ObjectsConsumer.as_asgi()),
     path("ws/object/", consumers.ObjectConsumer.as_asgi()),
+    path("ws/stuck/", consumers.StuckConsumer.as_asgi()),
 ]

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('invocations', '0012_unfinished_index'),
+        ('invocations', '0012_stuck_index'),
     ]
 
     operations = [

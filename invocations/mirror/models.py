@@ -136,13 +136,6 @@ class Invocation(models.Model):
                 name="inv_failure_created_idx",
                 condition=models.Q(completion_result=COMPLETION_FAILURE),
             ),
-            # The unfinished invocations, whatever the size of the completed history: deadlock
-            # detection's wait-for graph (analysis.deadlocks.wait_graph_queries, the callers).
-            models.Index(
-                fields=["id"],
-                name="inv_unfinished_idx",
-                condition=~models.Q(status=InvocationStatus.COMPLETED) & models.Q(gone_from_restate_at__isnull=True),
-            ),
             # One virtual object key's latest invocations (the key's page, selectors.objects.object_key_get:
             # `WHERE service_name = %s AND service_key = %s ORDER BY created_at DESC, id DESC LIMIT 20`),
             # and the list's service + key filter. Keyless invocations are left out: they never match.
@@ -156,6 +149,25 @@ class Invocation(models.Model):
                 fields=["idempotency_key"],
                 name="inv_idempotency_idx",
                 condition=models.Q(idempotency_key__isnull=False),
+            ),
+            # /stuck/ (reads.selectors.stuck.stuck_overview): the unfinished invocations grouped by
+            # status and target, the queued ones by key, the oldest running/suspended ones sampled;
+            # every column those queries read is here, so they are index-only scans of the
+            # unfinished rows alone (100k of 1M: 441 -> 69 ms for the per-status groups).
+            models.Index(
+                fields=["status", "service_name", "handler_name", "created_at", "id"],
+                name="inv_stuck_idx",
+                include=[
+                    "service_key",
+                    "last_failure_error_code",
+                    "modified_at",
+                    "scheduled_start_at",
+                    "next_retry_at",
+                    "inboxed_at",
+                    "journal_size",
+                    "journal_synced_size",
+                ],
+                condition=~models.Q(status=InvocationStatus.COMPLETED) & models.Q(gone_from_restate_at__isnull=True),
             ),
         ]
 

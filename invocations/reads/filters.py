@@ -22,6 +22,7 @@ from invocations.mirror.status import (
     Outcome,
 )
 from invocations.reads.presenters.formatting import iso_utc
+from invocations.reads.selectors.stuck import WaitKind, waiting_q
 from invocations.records.models import BulkJobItem
 from invocations.restate import INVOCATION_ID_RE
 
@@ -79,6 +80,10 @@ class InvocationFilterForm(forms.Form):
     kind = forms.ChoiceField(choices=[("", "any"), *EdgeKind.choices], required=False)
     # The invocations one bulk job touched ("show these invocations" on a job's page).
     job = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, label="Bulk job")
+    # What the journal we hold says it waits on (links from /stuck/), and Restate's code of
+    # the last failure ("RT0007", "500").
+    waiting = forms.ChoiceField(choices=[("", "any"), *WaitKind.choices], required=False, label="Waiting on")
+    error_code = forms.CharField(required=False, max_length=32, label="Last failure's error code")
     sort = forms.ChoiceField(choices=[(k, v[0]) for k, v in SORTS.items()], required=False)
 
     def clean_q(self) -> str:
@@ -122,6 +127,8 @@ class InvocationFilters:
     caller_handler: str = ""
     kind: str = ""
     job: int | None = None
+    waiting: str = ""
+    error_code: str = ""
     sort: str = DEFAULT_SORT
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -146,6 +153,8 @@ class InvocationFilters:
             caller_handler=data.get("caller_handler") or "",
             kind=data.get("kind") or "",
             job=data.get("job") or None,
+            waiting=data.get("waiting") or "",
+            error_code=data.get("error_code") or "",
             sort=data.get("sort") or DEFAULT_SORT,
         )
 
@@ -197,6 +206,10 @@ class InvocationFilters:
         if self.job is not None:
             # The job's snapshot, not its filter: the same set its counts speak of.
             q &= Q(id__in=BulkJobItem.objects.filter(job_id=self.job).values("invocation_id"))
+        if self.waiting:
+            q &= waiting_q(self.waiting)
+        if self.error_code:
+            q &= Q(last_failure_error_code=self.error_code)
         return q
 
     def params(self, **changes: Any) -> dict[str, Any]:
@@ -220,6 +233,8 @@ class InvocationFilters:
             "caller_handler": self.caller_handler,
             "kind": self.kind,
             "job": "" if self.job is None else str(self.job),
+            "waiting": self.waiting,
+            "error_code": self.error_code,
             "sort": "" if self.sort == DEFAULT_SORT else self.sort,
         }
         values.update(changes)

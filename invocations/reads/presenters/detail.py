@@ -16,6 +16,7 @@ from invocations.reads.presenters.invocation import SERVICE_TYPE_LABELS, idempot
 from invocations.reads.presenters.journal import journal_row
 from invocations.reads.presenters.objects import queue_facts
 from invocations.reads.presenters.payloads import input_payload, output_result
+from invocations.reads.presenters.stuck import invocation_stuck
 from invocations.reads.presenters.waterfall import Expansion, tree_view
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.shared import cached_once
@@ -55,6 +56,7 @@ def detail_context(
         "tree": tree_view(inv, now, expansions),
         "deadlock_banners": deadlock_banners(invocation_id=inv.id, root_id=inv.root_id),
         **queue_facts(inv),
+        "stuck": invocation_stuck(inv),  # "Why is this stuck?" (None once completed)
     }
 
 
