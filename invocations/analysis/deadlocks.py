@@ -11,6 +11,7 @@ are told through `invocations.events.deadlocks_changed`; no page view computes.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import time
@@ -148,10 +149,19 @@ def deadlocks_refresh(*, now: datetime | None = None) -> RefreshReport:
     """Find the cycles in our copy now and store the difference with the last refresh."""
     report = RefreshReport()
     t0 = time.perf_counter()
-    graph = wait_graph_get()
-    t1 = time.perf_counter()
-    cycles = {deadlock_key(c): c for c in deadlocks(graph.edges, keys_held=graph.keys_held)}
-    t2 = time.perf_counter()
+    # The pass allocates a few hundred thousand small objects and frees them all at its end:
+    # the cyclic collector, run every 700 allocations, found nothing to free and cost as much
+    # as the detection itself (make bench-deadlocks, 100,000 waiting: 1.14 s a pass with it, 0.76 s without).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        graph = wait_graph_get()
+        t1 = time.perf_counter()
+        cycles = {deadlock_key(c): c for c in deadlocks(graph.edges, keys_held=graph.keys_held)}
+        t2 = time.perf_counter()
+    finally:
+        if collecting:
+            gc.enable()
     report.read_s, report.detect_s, report.waiting, report.cycles = t1 - t0, t2 - t1, graph.waiting, len(cycles)
     now = now or timezone.now()
     state = SyncState.load()
