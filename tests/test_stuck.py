@@ -246,7 +246,7 @@ def test_stuck_groups_every_reason_oldest_first_and_leaves_nothing_counted_twice
     # The deadlock member is listed under its deadlock only, not also as queued.
     (queued,) = rows_of(overview, ReasonKind.QUEUED)
     assert (queued.service, queued.key, queued.count) == ("Worker", "k", 1)
-    assert [g.member_ids for g in rows_of(overview, ReasonKind.DEADLOCK)] == [[member.id]]
+    assert [g.member_pairs for g in rows_of(overview, ReasonKind.DEADLOCK)] == [[(member.id, "Alpha/k/hop")]]
     assert overview.deadlocked == 1
     assert ReasonKind.RUNNING not in overview.totals, "a row gone from Restate is not stuck in it"
 

@@ -292,6 +292,12 @@ class StuckGroup:
     next_at: datetime | None = None  # earliest fire time / next retry of the group
     deadlock_id: str | None = None
     member_ids: list[str] = field(default_factory=list)  # a deadlock's members, in wait order
+    member_targets: list[str] = field(default_factory=list)  # their targets, in the same order
+
+    @property
+    def member_pairs(self) -> list[tuple[str, str]]:
+        return list(zip(self.member_ids, self.member_targets, strict=False))
+
     example_id: str | None = None  # the oldest member
     beyond_sample: bool = False  # running/suspended ones whose journals were not read (see WAIT_SAMPLE)
 
@@ -348,6 +354,10 @@ def _deadlock_groups(groups: dict[ReasonKind, list[StuckGroup]], totals: dict[Re
     ):
         members[deadlock_id].append(inv_id)
     current = Deadlock.objects.filter(id__in=list(members)).order_by(F("since").asc(nulls_last=True), "detected_at")
+    # Members of one tree share their id's first characters: their targets tell them apart.
+    targets = dict(
+        Invocation.objects.filter(id__in=[m for ids in members.values() for m in ids]).values_list("id", "target")
+    )
     total = totals[ReasonKind.DEADLOCK]
     for deadlock in current:
         ids = members[deadlock.id]
@@ -359,6 +369,7 @@ def _deadlock_groups(groups: dict[ReasonKind, list[StuckGroup]], totals: dict[Re
                 oldest_at=since,
                 deadlock_id=deadlock.id,
                 member_ids=ids,
+                member_targets=[targets.get(m, m) for m in ids],
                 example_id=deadlock.suggested_id,
             )
         )
