@@ -149,3 +149,13 @@ def test_the_page_says_when_it_was_built_from_a_truncated_snapshot(db: None, tol
     SyncState.objects.filter(id=1).update(locks_truncated=True)
     html = client.get("/deadlocks/").content.decode()
     assert "Incomplete: Restate's locks snapshot was cut at the row cap" in html
+
+
+def test_since_falls_back_to_inboxed_at_when_the_inbox_row_has_no_time(db: None, told: list[set[str]]) -> None:
+    inv = _cross_deadlock("k5")
+    # Restate 1.7's sys_inbox leaves created_at empty; the invocation says when it was queued.
+    QueuedInvocation.objects.filter(invocation_id=inv["a2"].id).update(created_at=None)
+    Invocation.objects.filter(id=inv["a2"].id).update(inboxed_at=T0 + timedelta(seconds=4))
+    deadlocks_refresh()
+    (cycle,) = deadlocks_current()
+    assert cycle.since == T0 + timedelta(seconds=4)

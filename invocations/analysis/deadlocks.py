@@ -111,7 +111,9 @@ class MemberTimes:
 
 
 def member_times_get(member_ids: list[str]) -> MemberTimes:
-    created = dict(Invocation.objects.filter(id__in=member_ids).values_list("id", "created_at"))
+    rows = Invocation.objects.filter(id__in=member_ids).values_list("id", "created_at", "inboxed_at")
+    created = {inv_id: created_at for inv_id, created_at, _ in rows}
+    inboxed = {inv_id: inboxed_at for inv_id, _, inboxed_at in rows if inboxed_at is not None}
     since: dict[str, datetime] = {}
     calls = InvocationEdge.objects.filter(caller_id__in=member_ids, callee_id__in=member_ids, kind=EdgeKind.CALL)
     for caller, at in calls.values_list("caller_id", "created_at"):
@@ -120,6 +122,8 @@ def member_times_get(member_ids: list[str]) -> MemberTimes:
     for queued, at in QueuedInvocation.objects.filter(invocation_id__in=member_ids).values_list(
         "invocation_id", "created_at"
     ):
+        # Restate 1.7's sys_inbox leaves created_at empty: the invocation's inboxed_at says it.
+        at = at or inboxed.get(queued)
         if at is not None:
             since[queued] = at
     return MemberTimes(created_at=created, waiting_since=since)
