@@ -65,7 +65,11 @@ def text(response: Any) -> str:
 
 
 def part(body: str, section: str) -> str:
-    return body[body.index(f'<section id="{section}"') :].split("</section>")[0]
+    """A section of the page, up to the next top-level one (the run's holds the stuck and attach sections)."""
+    start = body.index(f'<section id="{section}"')
+    if section == "workflow-run":
+        return body[start : body.index('<section id="workflow-promises"')]
+    return body[start:].split("</section>")[0]
 
 
 # ------------------------------------------------------------------ /workflows/
