@@ -213,6 +213,15 @@ def test_a_workflow_page_shows_run_interactions_in_time_order_promises_and_reten
     assert 'ws-connect="/ws/workflow/?service=Signup&amp;id=wf-1"' in body
 
 
+def test_an_invocation_on_a_workflow_links_to_the_workflows_page(client: Client) -> None:
+    catalog()
+    link = 'href="/workflows/Signup/a~sb/"'
+    for inv in (wf("a/b", n=1), wf("a/b", "status", n=2)):
+        assert link in text(client.get(f"/invocations/{inv.id}/"))
+    obj = create_invocation(id=invocation_id("wk", 3), target="Worker/k/work")
+    assert "/workflows/" not in part(text(client.get(f"/invocations/{obj.id}/")), "inv-header")
+
+
 def test_a_running_run_says_its_retention_starts_at_completion_and_why_it_waits(client: Client) -> None:
     catalog()
     wf("wf-r", n=1, status="suspended", ran_ms=None, completion_retention="PT3600S")
