@@ -9,6 +9,7 @@ Which handler exercises which pattern:
   Counter.add / Counter.get      Virtual Object: exclusive handler / shared handler
   Worker.work                    exclusive handler that sleeps: calls to one key queue in its inbox
   Signup.run / confirm / status  Workflow: run awaits a durable promise that confirm resolves; status is shared
+  Signup.reject                  rejects that promise instead: run fails with the rejection
   Orchestrator.call_all          request-response calls to a Service, an Object and a Workflow handler
   Orchestrator.workflow          call to a workflow's run + delayed send of its confirm + call to status
   Orchestrator.generic           generic call by name and generic send
@@ -113,6 +114,12 @@ async def run(ctx: WorkflowContext, email: str) -> str:
 @signup.handler()
 async def confirm(ctx: WorkflowSharedContext, code: str) -> None:
     await ctx.promise("confirmed", type_hint=str).resolve(code)
+
+
+@signup.handler()
+async def reject(ctx: WorkflowSharedContext, reason: str) -> None:
+    # The run's await of the promise raises a TerminalError with this message: the run fails.
+    await ctx.promise("confirmed", type_hint=str).reject(reason, code=400)
 
 
 @signup.handler()

@@ -206,3 +206,41 @@ def deadlocks_changed(*, roots: Iterable[str]) -> None:
             log.exception("broadcast of deadlock changes failed")
 
     _after_commit(send)
+
+
+# ---------------------------------------------------------------- workflows
+
+# Every workflow id's page, when too many workflows' promises changed at once to name them
+# (the first load of a Restate with many workflows), like ALL_TREES_GROUP for the trees.
+ALL_WORKFLOWS_GROUP = "workflows.all"
+
+
+def workflow_group(service: str, workflow_id: str) -> str:
+    """The group of one workflow id's page. Hashed: ids are any string, and group names
+    allow only ASCII letters, digits, '-', '_' and '.'."""
+    return "workflow." + hashlib.sha256(f"{service}\0{workflow_id}".encode()).hexdigest()[:32]
+
+
+def promises_changed(*, keys: Iterable[tuple[str, str]]) -> None:
+    """The durable promises of these workflow ids (service, workflow id) changed in our copy
+    (committed): their pages redraw, and so does /stuck/ (a run waiting on a promise says
+    whether our copy has it resolved). The sync engine sends it after it replaced
+    `WorkflowPromise` with rows that differ."""
+    changed = set(keys)
+    if not changed:
+        return
+
+    def send() -> None:
+        try:
+            # "at": after the commit, the same for every reader, so their redraws can share one render.
+            at = time.time()
+            _send(STUCK_GROUP, {"type": "stuck.changed"})
+            if len(changed) > MAX_TREE_MESSAGES:
+                _send(ALL_WORKFLOWS_GROUP, {"type": "workflow.changed", "at": at})
+                return
+            for service, workflow_id in changed:
+                _send(workflow_group(service, workflow_id), {"type": "workflow.changed", "at": at})
+        except Exception:
+            log.exception("broadcast of promise changes failed")
+
+    _after_commit(send)

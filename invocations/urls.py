@@ -2,7 +2,19 @@ from urllib.parse import quote, unquote
 
 from django.urls import path, register_converter
 
-from invocations.views import actions, attach, audit, deadlocks, detail, jobs, lists, objects, service_map, stuck
+from invocations.views import (
+    actions,
+    attach,
+    audit,
+    deadlocks,
+    detail,
+    jobs,
+    lists,
+    objects,
+    service_map,
+    stuck,
+    workflows,
+)
 
 
 class InvocationIdConverter:
@@ -88,4 +100,7 @@ urlpatterns = [
     path("jobs/<int:job_id>/", jobs.job_detail, name="job"),
     path("jobs/<int:job_id>/stop/", jobs.job_stop, name="job_stop"),
     path("stuck/", stuck.stuck, name="stuck"),
+    path("workflows/", workflows.workflow_list, name="workflows"),
+    # A workflow id is any string, like an object key: the same escaping carries it.
+    path("workflows/<str:service>/<object_key:workflow_id>/", workflows.workflow_detail, name="workflow"),
 ]

@@ -342,3 +342,93 @@ class StuckConsumer(_PageConsumer):
 
     async def invocations_changed(self, event: dict[str, Any]) -> None:
         await self._changed()
+
+
+class WorkflowsConsumer(_PageConsumer):
+    """/workflows/: the status chips and the runs, redrawn when a run on the page changes,
+    or (on the newest page) when any workflow run does."""
+
+    view: fragments.WorkflowsView
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        view = await database_sync_to_async(fragments.WorkflowsView.from_query)(self.query())
+        if view is None:
+            await self.close(code=4400)
+            return
+        self.view = view
+        await self._join([events.LIST_GROUP, events.SYNC_GROUP])
+        await self.accept()
+        # After joining: a change committed between the page's render and now is not lost.
+        await self.send(text_data=await database_sync_to_async(self.view.table)())
+
+    async def invocations_changed(self, event: dict[str, Any]) -> None:
+        ids = event.get("ids") or []
+        html = await database_sync_to_async(self.view.changes)(ids, complete=event.get("count", len(ids)) <= len(ids))
+        if html:
+            await self.send(text_data=html)
+
+
+class WorkflowConsumer(_PageConsumer):
+    """One workflow id's page (`?service=&id=`: an id is any string, so not a path segment
+    here): its run, promises, interactions and state, redrawn when its promises change
+    (`events.promises_changed`), when a step changed an invocation on this id, and its
+    attach panel when the shared wait for the run's result ends."""
+
+    view: fragments.WorkflowView
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        # keep_blank_values: "id=" is the empty id, not a missing one.
+        view = fragments.WorkflowView.from_query(
+            parse_qs(self.scope.get("query_string", b"").decode(), keep_blank_values=True)
+        )
+        if view is None:
+            await self.close(code=4400)
+            return
+        self.view = view
+        if not await database_sync_to_async(view.known)():
+            await self.close(code=4404)
+            return
+        await self._join(
+            [
+                events.workflow_group(view.service, view.workflow_id),
+                events.ALL_WORKFLOWS_GROUP,
+                events.LIST_GROUP,
+                events.SYNC_GROUP,
+            ]
+        )
+        await self.accept()
+        # After joining: a change committed between the page's render and now is not lost.
+        await self._send_parts()
+
+    async def _send_parts(self, fresh_after: float | None = None) -> None:
+        run_before = self.view.run_id
+        html = await database_sync_to_async(self.view.parts)(fresh_after=fresh_after)
+        if html:
+            await self.send(text_data=html)
+        if self.view.run_id and self.view.run_id != run_before:
+            # A run to follow (at connect, or one that started since): its attach panel follows
+            # the shared wait for its result; sent again once joined, in case the wait ended between.
+            group = events.attach_group(self.view.run_id)
+            self.groups_joined.append(group)
+            await self.channel_layer.group_add(group, self.channel_name)
+            await self.send(text_data=await database_sync_to_async(fragments.attach_panel)(self.view.run_id))
+
+    async def workflow_changed(self, event: dict[str, Any]) -> None:
+        await self._send_parts(fresh_after=_announced(event))
+
+    async def invocations_changed(self, event: dict[str, Any]) -> None:
+        ids = event.get("ids") or []
+        complete = event.get("count", len(ids)) <= len(ids)
+        relevant = await database_sync_to_async(self.view.relevant)(ids, complete=complete)
+        if relevant:
+            await self._send_parts(fresh_after=time.time())
+
+    async def attach_finished(self, event: dict[str, Any]) -> None:
+        if self.view.run_id:
+            await self.send(text_data=await database_sync_to_async(fragments.attach_panel)(self.view.run_id))

@@ -29,13 +29,16 @@ from invocations.reads.presenters.deadlocks import deadlocks_context
 from invocations.reads.presenters.objects import object_context, objects_context
 from invocations.reads.presenters.stuck import stuck_context
 from invocations.reads.presenters.sync_health import sync_health
+from invocations.reads.presenters.workflows import UnknownWorkflow, workflow_context, workflow_known, workflows_context
 from invocations.reads.selectors import attach as selectors_attach
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
 from invocations.reads.selectors import jobs as selectors_jobs
 from invocations.reads.selectors import objects as selectors_objects
+from invocations.reads.selectors import workflows as selectors_workflows
 from invocations.reads.selectors.sync_state import deadlocks_now_count, sync_state_get
 from invocations.reads.shared import cached_once
+from invocations.reads.workflow_filters import WorkflowFilterForm
 from invocations.records.models import ItemState
 from invocations.restate import INVOCATION_ID_RE
 
@@ -357,3 +360,108 @@ def stuck_groups(*, fresh_after: float) -> str:
     return cached_once(
         "live-stuck", usable=lambda entry: entry[0] >= fresh_after, compute=render, timeout_s=STUCK_CACHE_S
     )[1]
+
+
+# ---------------------------------------------------------------- workflows
+
+# A shared render of /workflows/ is kept this long (readers of one change ask at once).
+WORKFLOWS_CACHE_S = 5
+
+
+@dataclass
+class WorkflowsView:
+    """What one connected /workflows/ page shows: its service and status filter and page."""
+
+    service: str
+    status: str
+    before: selectors.Cursor | None
+    shown: frozenset[str] = frozenset()  # the runs on the page
+
+    @classmethod
+    def from_query(cls, query: dict[str, list[str]]) -> WorkflowsView | None:
+        form = WorkflowFilterForm({name: values[-1] for name, values in query.items() if values})
+        if not form.is_valid():
+            return None
+        return cls(
+            service=form.cleaned_data["service"], status=form.cleaned_data["status"], before=form.cleaned_data["before"]
+        )
+
+    def table(self, *, fresh_after: float | None = None) -> str:
+        """The chips and runs as they are now; with `fresh_after` (epoch seconds, when the
+        change was announced) one render started since then serves every reader of this
+        filter and page in this process."""
+
+        def render() -> tuple[float, str, frozenset[str]]:
+            started = time.time()
+            context = workflows_context(service=self.service, status=self.status, before=self.before)
+            html = oob(render_to_string("invocations/workflows.html#table", context), "workflows-table")
+            return started, html, frozenset(r.inv.id for r in context["rows"])
+
+        if fresh_after is None:
+            _, html, self.shown = render()
+        else:
+            page = f"{self.service}\0{self.status}\0{self.before.encode() if self.before else ''}"
+            key = "workflows-table:" + hashlib.sha256(page.encode()).hexdigest()[:32]
+            _, html, self.shown = cached_once(
+                key, usable=lambda entry: entry[0] >= fresh_after, compute=render, timeout_s=WORKFLOWS_CACHE_S
+            )
+        return html
+
+    def changes(self, ids: list[str], *, complete: bool = True) -> str:
+        """A sync step changed `ids`: redraw when one is a run on the page, or a run at all
+        on the newest page (a new run comes in at its top; an older page has no room for it)."""
+        if complete and not (
+            self.shown.intersection(ids) or (self.before is None and selectors_workflows.workflow_runs_among(ids=ids))
+        ):
+            return ""
+        return self.table(fresh_after=time.time())
+
+
+WORKFLOW_PARTS = ("run", "promises", "interactions")
+
+
+@dataclass
+class WorkflowView:
+    """What one connected workflow page shows: the workflow id, and the invocations it draws."""
+
+    service: str
+    workflow_id: str
+    shown: frozenset[str] = frozenset()
+    run_id: str | None = None
+
+    @classmethod
+    def from_query(cls, query: dict[str, list[str]]) -> WorkflowView | None:
+        # An empty id is an id: it must be present (parsed with keep_blank_values), but may be "".
+        service, workflow_id = query.get("service", [""])[-1], query.get("id", [])
+        if not service or not workflow_id or "\x00" in workflow_id[-1]:
+            return None
+        return cls(service=service, workflow_id=workflow_id[-1])
+
+    def known(self) -> bool:
+        return workflow_known(service=self.service, workflow_id=self.workflow_id)
+
+    def parts(self, *, fresh_after: float | None = None) -> str:
+        """The run (with its attach panel), the promises, the interactions and the state;
+        "" when the workflow is unknown. fresh_after: when the change was announced
+        (readers of it share one read of Restate's state)."""
+        try:
+            context = workflow_context(service=self.service, workflow_id=self.workflow_id, fresh_after=fresh_after)
+        except UnknownWorkflow:
+            return ""
+        found = context["found"]
+        self.shown = frozenset(found.shown_ids)
+        self.run_id = found.run.id if found.run is not None else None
+        html = "".join(
+            oob(render_to_string(f"invocations/workflow.html#{part}", context), f"workflow-{part}")
+            for part in WORKFLOW_PARTS
+        )
+        return html + oob(render_to_string("invocations/object.html#state", context), "object-state")
+
+    def relevant(self, ids: list[str], *, complete: bool = True) -> bool:
+        """A sync step changed `ids`: whether one is drawn here or is an invocation on this id."""
+        return not complete or bool(
+            self.shown.intersection(ids)
+            or selectors_workflows.workflow_invocations_among(
+                service=self.service, workflow_id=self.workflow_id, among=ids
+            )
+        )

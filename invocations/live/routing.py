@@ -12,4 +12,6 @@ websocket_urlpatterns = [
     path("ws/objects/", consumers.ObjectsConsumer.as_asgi()),
     path("ws/object/", consumers.ObjectConsumer.as_asgi()),
     path("ws/stuck/", consumers.StuckConsumer.as_asgi()),
+    path("ws/workflows/", consumers.WorkflowsConsumer.as_asgi()),
+    path("ws/workflow/", consumers.WorkflowConsumer.as_asgi()),
 ]

@@ -15,6 +15,7 @@ from django.db import models
 from django.utils import timezone
 
 from invocations.mirror.status import COMPLETION_FAILURE, NOT_STARTED, InvocationStatus
+from invocations.restate import WORKFLOW_MAIN_HANDLER
 
 
 class Invocation(models.Model):
@@ -168,6 +169,23 @@ class Invocation(models.Model):
                     "journal_synced_size",
                 ],
                 condition=~models.Q(status=InvocationStatus.COMPLETED) & models.Q(gone_from_restate_at__isnull=True),
+            ),
+            # /workflows/ (reads.selectors.workflows): workflow runs newest first, keyset on (created_at, id),
+            # `WHERE service_type = 'workflow' AND handler_name = 'run' ORDER BY created_at DESC, id DESC LIMIT 51`;
+            # service and status included, so a filter on either is checked in the index. Without it the
+            # runs were found by reading every invocation newest first (runs are a small part of all).
+            models.Index(
+                fields=["-created_at", "-id"],
+                name="wf_run_created_idx",
+                include=["service_name", "status"],
+                condition=models.Q(service_type="workflow", handler_name=WORKFLOW_MAIN_HANDLER),
+            ),
+            # /workflows/?status=S[&service=W] (`... AND status = %s [AND service_name = %s] ORDER BY created_at
+            # DESC, id DESC`), and its status chips (`... GROUP BY status`: an index-only scan of the runs alone).
+            models.Index(
+                fields=["status", "service_name", "-created_at", "-id"],
+                name="wf_run_status_idx",
+                condition=models.Q(service_type="workflow", handler_name=WORKFLOW_MAIN_HANDLER),
             ),
         ]
 

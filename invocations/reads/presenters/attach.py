@@ -33,7 +33,8 @@ def retention_duration(raw: str | None) -> timedelta | None:
     return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
-def _human(delta: timedelta) -> str:
+def retention_words(delta: timedelta) -> str:
+    """A retention as Restate users set it: "1 day", "2 h", "30 min", "45 s"."""
     seconds = int(delta.total_seconds())
     if seconds % 86400 == 0 and seconds >= 86400:
         days = seconds // 86400
@@ -74,7 +75,7 @@ def fetch_note(inv: Invocation | None) -> str:
         until = f" (until {inv.completed_at + retention:%Y-%m-%d %H:%M} UTC)" if inv.completed_at else ""
         return (
             "The caller set no idempotency key: the result can be waited for. This Restate also keeps it "
-            f"for {_human(retention)} after completion (its completion retention){until}; after that it "
+            f"for {retention_words(retention)} after completion (its completion retention){until}; after that it "
             "can no longer be fetched."
         )
     return "The caller set no idempotency key: the result can be waited for, but not fetched after completion."
