@@ -15,6 +15,7 @@ from django.test import Client
 from django.urls import reverse
 
 from demo import traffic
+from invocations import events
 from invocations.mirror.models import Invocation, WorkflowPromise
 from invocations.mirror.sync.engine import SyncEngine
 from invocations.mirror.sync.mapping import parse_timestamp
@@ -214,3 +215,33 @@ def test_bad_input_is_refused(restate: RestateClient, engine: SyncEngine, client
     assert client.get("/workflows/?service=NoSuchWorkflow").status_code == 400
     assert client.get("/workflows/?status=done").status_code == 400
     assert client.get("/workflows/?before=not-a-cursor").status_code == 400
+
+
+def test_a_promise_resolved_reaches_our_copy_in_the_next_step_not_with_the_slow_tables(
+    restate: RestateClient, transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole promise table is read only every `slow_every` (an hour here): the step that
+    sees the confirm call re-reads that workflow's promises, and tells its page."""
+    engine = SyncEngine(restate, reconcile_every=timedelta(days=1), slow_every=timedelta(hours=1))
+    wf = traffic.new_key("wfstep")
+    run = restate.send("Signup", "run", key=wf, payload=f"{wf}@example.com")
+    try:
+        awaiting_its_promise(restate, run)
+        sync_until(
+            engine,
+            lambda: WorkflowPromise.objects.filter(service_key=wf, key="confirmed", completed=False).exists(),
+            what="the pending promise (read by the run's own change)",
+        )
+        told: list[set[tuple[str, str]]] = []
+        monkeypatch.setattr(events, "promises_changed", lambda *, keys: told.append(set(keys)))
+        restate.call("Signup", "confirm", key=wf, payload="code-42")
+        sync_until(
+            engine,
+            lambda: WorkflowPromise.objects.filter(service_key=wf, key="confirmed", completed=True).exists(),
+            timeout=10,
+            what="the resolved promise, within steps that never read the whole promise table",
+        )
+        assert WorkflowPromise.objects.get(service_key=wf, key="confirmed").success_value == '"code-42"'
+        assert ("Signup", wf) in set().union(*told)
+    finally:
+        restate.kill(run)

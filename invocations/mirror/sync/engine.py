@@ -66,6 +66,12 @@ JOURNAL_QUERIES_PER_BATCH = 4
 IDS_PER_QUERY = 1000
 # Ids kept for the live-update broadcast; past this (a first load) pages are told "everything changed".
 MAX_TRACKED_CHANGES = 5000
+PROMISE_SQL = (
+    "SELECT service_name, service_key, key, completed, completion_success_value_utf8, completion_failure "
+    "FROM sys_promise"
+)
+# Workflow ids whose promises a step re-reads at most (more: the slow tables' full read catches up).
+PROMISE_KEYS_PER_STEP = 200
 # A row can appear behind the watermark by up to about one scan's duration; re-read three.
 OVERLAP_SCAN_FACTOR = 3
 INVOCATION_UPDATE_FIELDS = [
@@ -256,6 +262,7 @@ class SyncEngine:
             report.reconcile = self._reconcile(changes)
         report.roots_resolved = self._resolve_roots(changes)
         self._sync_journals(report, changes)
+        self._sync_promises_of(changes)
         if state.queue_tables == SyncState.QueueTables.VQUEUES:
             self._sync_vqueues(report, changes)
         else:
@@ -662,14 +669,47 @@ class SyncEngine:
         self._write_queues(inbox, locks, report, changes)
         report.truncated.update(queues_truncated=inbox_cut, locks_truncated=locks_cut)
 
-    def _sync_slow_tables(self, report: StepReport) -> None:
-        promise_rows, promises_cut = self._snapshot(
-            "SELECT service_name, service_key, key, completed, completion_success_value_utf8, completion_failure FROM sys_promise"
+    def _sync_promises_of(self, changes: Changes) -> None:
+        """Re-read the durable promises of the workflow ids whose invocations this step changed.
+
+        The whole promise table is read with the slow tables (every `slow_every`); without
+        this a run seen completed could sit beside its promise still pending for that long.
+        A promise is resolved by an invocation on its workflow id (`confirm`), or by the run
+        itself, so a change of one of those is when to look."""
+        if not changes.ids or changes.overflow:
+            return  # a first load: the slow tables read every promise in this step or the next
+        workflows = Invocation.objects.filter(id__in=list(changes.ids), service_type="workflow")
+        keys = sorted({(s, k) for s, k in workflows.values_list("service_name", "service_key") if k is not None})
+        if not keys:
+            return
+        by_service: dict[str, list[str]] = {}
+        for service, key in keys[:PROMISE_KEYS_PER_STEP]:
+            by_service.setdefault(service, []).append(key)
+        where = " OR ".join(
+            f"(service_name = {sql_literal(service)} AND service_key IN {sql_list(ids)})"
+            for service, ids in by_service.items()
         )
+        rows = self.client.query(f"{PROMISE_SQL} WHERE {where}")
+        theirs = [mapping.promise_from_row(r) for r in rows]
+        fields = [f.attname for f in WorkflowPromise._meta.local_concrete_fields if f.column]
+        with transaction.atomic():
+            ours_rows = WorkflowPromise.objects.none()
+            for service, ids in by_service.items():
+                ours_rows |= WorkflowPromise.objects.filter(service_name=service, service_key__in=ids)
+            ours = {tuple(row) for row in ours_rows.values_list(*fields)}
+            changed = ours ^ {tuple(getattr(p, f) for f in fields) for p in theirs}
+            if changed:
+                ours_rows.delete()
+                WorkflowPromise.objects.bulk_create(theirs)
+                events.promises_changed(keys={(service, key) for service, key, *_ in changed})
+
+    def _sync_slow_tables(self, report: StepReport) -> None:
+        promise_rows, promises_cut = self._snapshot(PROMISE_SQL)
         service_rows, services_cut = self._snapshot("SELECT name, revision, public, ty, deployment_id FROM sys_service")
         deployment_rows, deployments_cut = self._snapshot("SELECT id, ty, endpoint, created_at FROM sys_deployment")
         with transaction.atomic():
-            self._replace_if_changed(WorkflowPromise, [mapping.promise_from_row(r) for r in promise_rows])
+            promised = self._replace_if_changed(WorkflowPromise, [mapping.promise_from_row(r) for r in promise_rows])
+            events.promises_changed(keys={(service, key) for service, key, *_ in promised})
             self._replace_if_changed(Service, [mapping.service_from_row(r) for r in service_rows])
             self._replace_if_changed(Deployment, [mapping.deployment_from_row(r) for r in deployment_rows])
         report.truncated.update(promises_truncated=promises_cut, catalog_truncated=services_cut or deployments_cut)
