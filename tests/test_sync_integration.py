@@ -159,27 +159,32 @@ def test_deadlocks_leave_each_key_locked_and_a_caller_queued(
 ) -> None:
     fire = traffic.fire_cross_deadlock if pattern == "cross" else traffic.fire_cycle_deadlock
     key = traffic.new_key(f"dl-{pattern}")
-    fire(restate, key=key)
-    expected_locks = 2 if pattern == "cross" else 3
-    wait_for_restate(
-        restate,
-        f"SELECT invocation_id FROM sys_keyed_service_status WHERE service_key = {sql_literal(key)}",
-        lambda r: len(r) == expected_locks,
-    )
-    wait_for_restate(restate, f"SELECT id FROM sys_inbox WHERE service_key = {sql_literal(key)}", lambda r: len(r) >= 1)
-    sync_until(
-        engine,
-        lambda: (
-            ObjectLock.objects.filter(service_key=key).count() == expected_locks
-            and QueuedInvocation.objects.filter(service_key=key).exists()
-        ),
-        timeout=20,
-        what="deadlock locks and queue mirrored",
-    )
-    # The queued callee's caller holds a lock: the wait-for chain our analysis will draw.
-    queued = QueuedInvocation.objects.filter(service_key=key).first()
-    callee = Invocation.objects.get(id=queued.invocation_id)
-    assert ObjectLock.objects.filter(invocation_id=callee.parent_id).exists()
+    (root,) = fire(restate, key=key)
+    try:
+        expected_locks = 2 if pattern == "cross" else 3
+        wait_for_restate(
+            restate,
+            f"SELECT invocation_id FROM sys_keyed_service_status WHERE service_key = {sql_literal(key)}",
+            lambda r: len(r) == expected_locks,
+        )
+        wait_for_restate(
+            restate, f"SELECT id FROM sys_inbox WHERE service_key = {sql_literal(key)}", lambda r: len(r) >= 1
+        )
+        sync_until(
+            engine,
+            lambda: (
+                ObjectLock.objects.filter(service_key=key).count() == expected_locks
+                and QueuedInvocation.objects.filter(service_key=key).exists()
+            ),
+            timeout=20,
+            what="deadlock locks and queue mirrored",
+        )
+        # The queued callee's caller holds a lock: the wait-for chain our analysis will draw.
+        queued = QueuedInvocation.objects.filter(service_key=key).first()
+        callee = Invocation.objects.get(id=queued.invocation_id)
+        assert ObjectLock.objects.filter(invocation_id=callee.parent_id).exists()
+    finally:
+        restate.kill(root)  # other tests (and /deadlocks/ in a browser test) share this Restate
 
 
 # ------------------------------------------------------------------ retries, idempotency, saga
