@@ -2,7 +2,19 @@ from urllib.parse import quote, unquote
 
 from django.urls import path, register_converter
 
-from invocations.views import actions, attach, audit, deadlocks, detail, jobs, lists, objects, service_map, stuck
+from invocations.views import (
+    actions,
+    attach,
+    audit,
+    deadlocks,
+    delayed,
+    detail,
+    jobs,
+    lists,
+    objects,
+    service_map,
+    stuck,
+)
 
 
 class InvocationIdConverter:
@@ -88,4 +100,5 @@ urlpatterns = [
     path("jobs/<int:job_id>/", jobs.job_detail, name="job"),
     path("jobs/<int:job_id>/stop/", jobs.job_stop, name="job_stop"),
     path("stuck/", stuck.stuck, name="stuck"),
+    path("delayed/", delayed.delayed_list, name="delayed"),
 ]

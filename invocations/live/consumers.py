@@ -342,3 +342,78 @@ class StuckConsumer(_PageConsumer):
 
     async def invocations_changed(self, event: dict[str, Any]) -> None:
         await self._changed()
+
+
+class DelayedConsumer(_PageConsumer):
+    """/delayed/ (`?` the page's own filter, range and page): the chart and the list,
+    redrawn when a sync step changed a message it lists or any delayed message (a new
+    one, one that fired or was cancelled). Renders are coalesced as on /stuck/: the first
+    change waits out the spacing since the last render (RENDER_SPACING_S, or twice what
+    the last one cost), changes meanwhile are covered by it, and one arriving during a
+    render brings one more. The chart's buckets are aligned on the clock, so the page is
+    also redrawn when its first bucket has passed, change or not."""
+
+    RENDER_SPACING_S = 0.5
+    view: fragments.DelayedView
+    _pending: asyncio.Task[None] | None = None
+    _tick: asyncio.TimerHandle | None = None
+    _last_render = 0.0
+    _last_cost = 0.0
+    _announced = 0.0
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        view = fragments.DelayedView.from_query(self.query())
+        if view is None:
+            await self.close(code=4400)
+            return
+        view.can_operate = await database_sync_to_async(user_can_operate)(self.scope["user"])
+        self.view = view
+        await self._join([events.LIST_GROUP, events.SYNC_GROUP])
+        await self.accept()
+        # After joining: a change committed between the page's render and now is not lost.
+        await self._render(time.time())
+
+    async def disconnect(self, code: int) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        if self._tick is not None:
+            self._tick.cancel()
+        await super().disconnect(code)
+
+    async def _render(self, fresh_after: float) -> None:
+        self._last_render = time.monotonic()
+        html = await database_sync_to_async(self.view.parts)(fresh_after=fresh_after)
+        self._last_cost = time.monotonic() - self._last_render
+        await self.send(text_data=html)
+        self._next_bucket()
+
+    def _next_bucket(self) -> None:
+        """Redraw once the chart's first bucket is over (its bars start from the current one)."""
+        bucket = self.view.filters.chart_range.bucket.total_seconds()
+        wait = bucket - time.time() % bucket + 0.5
+        if self._tick is not None:
+            self._tick.cancel()
+        self._tick = asyncio.get_running_loop().call_later(wait, lambda: asyncio.ensure_future(self._changed()))
+
+    async def _render_soon(self) -> None:
+        while True:
+            spacing = max(self.RENDER_SPACING_S, 2 * self._last_cost)
+            await asyncio.sleep(max(0.0, self._last_render + spacing - time.monotonic()))
+            covered = self._announced
+            await self._render(covered)
+            if self._announced <= covered:
+                return
+
+    async def _changed(self) -> None:
+        self._announced = time.time()
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.ensure_future(self._render_soon())
+
+    async def invocations_changed(self, event: dict[str, Any]) -> None:
+        ids = event.get("ids") or []
+        complete = event.get("count", len(ids)) <= len(ids)
+        if await database_sync_to_async(self.view.concerned)(ids, complete=complete):
+            await self._changed()

@@ -12,4 +12,5 @@ websocket_urlpatterns = [
     path("ws/objects/", consumers.ObjectsConsumer.as_asgi()),
     path("ws/object/", consumers.ObjectConsumer.as_asgi()),
     path("ws/stuck/", consumers.StuckConsumer.as_asgi()),
+    path("ws/delayed/", consumers.DelayedConsumer.as_asgi()),
 ]
