@@ -290,7 +290,7 @@ def test_chart_counts_upcoming_fires_and_a_bar_links_to_its_messages(client: Cli
     assert [b.selected for b in filtered.context["bars"]].count(True) == 1
     assert filtered.context["counts"].buckets.get(three) == 7, "the chart leaves out the window"
     # Filters other than the window narrow the chart too; the range comes from the URL.
-    assert client.get("/delayed/?service=Greeter").context["counts"].buckets.get(three) is None
+    assert client.get("/delayed/?service=Greeter").context["counts"].buckets.get(three) == 0
     week = client.get("/delayed/?chart=week").context
     assert len(week["bars"]) == 28 and week["counts"].after == 0
     assert client.get("/delayed/?chart=hour").context["chart"].range.name == "hour"
@@ -450,3 +450,45 @@ def test_generated_delayed_messages_read_like_synced_ones(transactional_db: None
     call_command("generate_invocations", delete=True, verbosity=0)
     assert not Invocation.objects.filter(id__startswith="inv_1gen").exists()
     assert not JournalEntry.objects.filter(invocation_id__startswith="inv_1gen").exists()
+
+
+def test_counts_past_the_cap_say_more_than(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(selectors, "COUNT_CAP", 2)
+    orch = sender()
+    for n in range(5):
+        delayed(timedelta(days=3, minutes=n), by=orch, index=1 + 2 * n)
+    delayed(timedelta(minutes=10), by=orch, index=20)
+    page = client.get("/delayed/")
+    counts = page.context["counts"]
+    assert counts.after == 3 and counts.capped and page.context["matching_capped"]
+    body = page.content.decode()
+    assert "more than 2 later" in body and "More than 3 pending delayed messages" in body
+    assert len(shown_ids(body)) == 6, "the list itself is never cut by the cap"
+    after = (timezone.now() + timedelta(days=2)).isoformat()
+    windowed = client.get("/delayed/", {"fires_after": after})
+    assert windowed.context["matching"] == 3 and "More than 2 pending" in windowed.content.decode()
+
+
+def test_the_socket_redraws_when_its_first_bucket_is_over(
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart starts at the current bucket: once it is over the page is redrawn, change or not."""
+    from invocations.graph import fires
+
+    monkeypatch.setitem(
+        fires.RANGES, "hour", fires.ChartRange("hour", "next hour", "1-second", timedelta(seconds=1), 12, 3, "%S")
+    )
+    user = User.objects.create_user("ticker")
+
+    async def watch() -> tuple[str, str]:
+        communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/delayed/?chart=hour")
+        communicator.scope["user"] = user
+        connected, _ = await communicator.connect(timeout=5)
+        assert connected
+        first = await communicator.receive_from(timeout=10)
+        again = await communicator.receive_from(timeout=5)  # nothing changed: the next second's bucket
+        await communicator.disconnect()
+        return first, again
+
+    first, again = async_to_sync(watch)()
+    assert 'id="delayed-chart"' in first and 'id="delayed-chart"' in again, "redrawn without any change"

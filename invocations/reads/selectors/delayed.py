@@ -20,14 +20,16 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connection
-from django.db.models import Case, Count, DateTimeField, F, Func, Q, QuerySet, Value, When
+from django.db.models import F, Func, Q, QuerySet, TextField, Value
+from django.db.models.lookups import GreaterThan
 
 from invocations.mirror.models import EdgeKind, Invocation, InvocationEdge, JournalEntry
 from invocations.mirror.status import InvocationStatus
 from invocations.reads.filters import InvocationFilters
-from invocations.reads.selectors.invocations import Cursor
+from invocations.reads.selectors.invocations import STATUS_COUNT_CAP, Cursor
 
 PAGE_SIZE = 50
 # Bytes of a payload read from the database for a row: the page shows a bounded head,
@@ -80,14 +82,26 @@ _ROW_FIELDS = (
 
 def delayed_page(*, filters: InvocationFilters, after: Cursor | None = None, limit: int = PAGE_SIZE) -> DelayedPage:
     """One page in fire order (soonest first), keyset-paged on (scheduled_start_at, id):
-    a deep page costs what the first does."""
-    qs = pending_delayed(filters).filter(scheduled_start_at__isnull=False)
-    if after is not None:
-        # The plain range first lets PostgreSQL start the index scan at the cursor (as in the list).
-        qs = qs.filter(scheduled_start_at__gte=after.value).filter(
-            Q(scheduled_start_at__gt=after.value) | Q(scheduled_start_at=after.value, id__gt=after.id)
+    a deep page costs what the first does. The page's ids come from the fire-time index
+    alone, its rows by id after: PostgreSQL multiplies the fire-time conditions by
+    `status = 'scheduled'` as if they were unrelated, estimates a few hundred of 100,000
+    rows, and for whole rows it then preferred reading them all and sorting (177 ms for
+    a deep page, 67 ms for a sender's first page); an id-only scan in index order wins
+    whatever it estimates (0.1 ms)."""
+    qs = pending_delayed(filters)
+    if after is None:
+        qs = qs.filter(scheduled_start_at__isnull=False)
+    else:
+        # A row comparison, which the index takes as its range (the list's OR form it does not).
+        qs = qs.filter(
+            GreaterThan(
+                Func(F("scheduled_start_at"), F("id"), function="ROW", output_field=TextField()),
+                Func(Value(after.value), Value(after.id), function="ROW", output_field=TextField()),
+            )
         )
-    rows = list(qs.only(*_ROW_FIELDS).order_by("scheduled_start_at", "id")[: limit + 1])
+    ids = list(qs.order_by("scheduled_start_at", "id").values_list("id", flat=True)[: limit + 1])
+    by_id = Invocation.objects.only(*_ROW_FIELDS).in_bulk(ids)
+    rows = [by_id[i] for i in ids if i in by_id]
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
@@ -97,14 +111,21 @@ def delayed_page(*, filters: InvocationFilters, after: Cursor | None = None, lim
     return DelayedPage(rows, next_cursor)
 
 
+# Counts past the chart's window (and the page's total with a window) stop here and say
+# "more than", as the list's chips do: each is then a bounded range of the index.
+COUNT_CAP = STATUS_COUNT_CAP
+
+
 @dataclass(frozen=True)
 class FireCounts:
     """How many pending messages fire in each bucket of [start, end), and around it."""
 
-    buckets: dict[datetime, int]
+    buckets: dict[datetime, int]  # exact
     before: int  # due before the chart's first bucket and not started yet (as far as our copy knows)
     after: int  # later than the chart
     unknown: int  # no fire time in our copy
+    # Each of before/after/unknown counts up to COUNT_CAP + 1: past the cap it means "more than".
+    capped: bool = False
 
     @property
     def total(self) -> int:
@@ -112,40 +133,47 @@ class FireCounts:
 
 
 def delayed_fire_counts(*, filters: InvocationFilters, start: datetime, bucket: timedelta, buckets: int) -> FireCounts:
-    """One grouped scan of the filtered pending messages: counts per bucket (`date_bin` on
-    `start`, PostgreSQL 14+), and of the ones before, after and without a fire time, so
-    the page's total comes from the same pass."""
+    """The chart's counts in one statement: per bucket, a range count of the fire-time
+    index (an index-only scan of the bucket's rows, without a grouping function over
+    every row: 22 ms where `GROUP BY date_bin(...)` took 39 ms for a week of 107,000),
+    and the ones before, after and without a fire time, each capped at COUNT_CAP + 1."""
     end = start + bucket * buckets
-    fire = F("scheduled_start_at")
-    place = Case(
-        When(scheduled_start_at__isnull=True, then=Value("unknown")),
-        When(scheduled_start_at__lt=start, then=Value("before")),
-        When(scheduled_start_at__gte=end, then=Value("after")),
-        default=Value(""),
-    )
-    bin_start = Case(
-        When(
-            Q(scheduled_start_at__gte=start, scheduled_start_at__lt=end),
-            then=Func(Value(bucket), fire, Value(start), function="date_bin", output_field=DateTimeField()),
-        ),
-        default=None,
-        output_field=DateTimeField(),
-    )
-    rows = (
-        pending_delayed(filters)
-        .annotate(place=place, bin=bin_start)
-        .order_by()
-        .values_list("place", "bin")
-        .annotate(n=Count("*"))
-    )
+    where, params = _where_sql(pending_delayed(filters))
+    table = Invocation._meta.db_table
+    capped = f"(SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where} AND {{cond}} LIMIT {COUNT_CAP + 1}) AS c)"
+    args: list[Any] = [*params, bucket, start, end - bucket, bucket, *params, start, *params, end, *params]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT '', b.at, (SELECT count(*) FROM {table} WHERE {where} "
+            "AND scheduled_start_at >= b.at AND scheduled_start_at < b.at + %s) "
+            "FROM generate_series(%s::timestamptz, %s::timestamptz, %s) AS b(at) "
+            f"UNION ALL SELECT 'before', NULL, {capped.format(cond='scheduled_start_at < %s')} "
+            f"UNION ALL SELECT 'after', NULL, {capped.format(cond='scheduled_start_at >= %s')} "
+            f"UNION ALL SELECT 'unknown', NULL, {capped.format(cond='scheduled_start_at IS NULL')}",
+            args,
+        )
+        rows = cursor.fetchall()
     counts: dict[datetime, int] = {}
     around = {"before": 0, "after": 0, "unknown": 0}
-    for where, bin_at, n in rows:
-        if where:
-            around[where] = n
-        elif bin_at is not None:
-            counts[bin_at] = n
-    return FireCounts(buckets=counts, **around)
+    for kind, at, n in rows:
+        if kind:
+            around[kind] = n
+        else:
+            counts[at] = n
+    return FireCounts(buckets=counts, capped=any(n > COUNT_CAP for n in around.values()), **around)
+
+
+def delayed_count(filters: InvocationFilters) -> int:
+    """Pending messages under `filters`, counted up to COUNT_CAP + 1."""
+    return pending_delayed(filters)[: COUNT_CAP + 1].count()
+
+
+def _where_sql(qs: QuerySet[Invocation]) -> tuple[str, list[Any]]:
+    """The WHERE clause of a queryset over the invocation table, as SQL and parameters
+    (the chart's statement puts it in correlated subqueries the ORM cannot express)."""
+    query = qs.query
+    sql, params = query.get_compiler(connection=connection).compile(query.where)
+    return sql, list(params)
 
 
 # ---------------------------------------------------------------- what sent them
@@ -166,11 +194,14 @@ class Sending:
 def sendings_get(*, invocation_ids: Iterable[str]) -> dict[str, Sending]:
     """The delayed-send edge that created each of these invocations (by the callee index);
     absent for a delayed send through the ingress, or a sender whose journal we have not read."""
-    edges = InvocationEdge.objects.filter(callee_id__in=list(invocation_ids), kind=EdgeKind.DELAYED_SEND)
+    # Tuples, not model instances: building 50 edge objects was a tenth of the page's reads.
+    edges = InvocationEdge.objects.filter(callee_id__in=list(invocation_ids), kind=EdgeKind.DELAYED_SEND).values_list(
+        "callee_id", "caller_id", "journal_index", "caller_service", "caller_handler", "created_at", "fire_at"
+    )
     return {
-        e.callee_id: Sending(e.caller_id, e.journal_index, e.caller_service, e.caller_handler, e.created_at, e.fire_at)
-        for e in edges
-        if e.callee_id is not None
+        callee: Sending(caller, index, service, handler, sent_at, fire_at)
+        for callee, caller, index, service, handler, sent_at, fire_at in edges
+        if callee is not None
     }
 
 
