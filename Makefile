@@ -69,3 +69,9 @@ bench-bulk: $(STAMP)
 .PHONY: bench-objects
 bench-objects: $(STAMP)
 	$(PY) -m benchmarks.objects_bench
+
+# /delayed/ with 100,000 pending delayed messages among 1,000,000 invocations, against 1% of that
+# (the pages benchmark's part 6 alone; `make bench-pages` runs it too).
+.PHONY: bench-delayed
+bench-delayed: $(STAMP)
+	$(PY) -m benchmarks.pages_bench --only-delayed
