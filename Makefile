@@ -75,3 +75,8 @@ bench-objects: $(STAMP)
 .PHONY: bench-workflows
 bench-workflows: $(STAMP)
 	$(PY) -m benchmarks.workflows_bench
+# /delayed/ with 100,000 pending delayed messages among 1,000,000 invocations, against 1% of that
+# (the pages benchmark's part 6 alone; `make bench-pages` runs it too).
+.PHONY: bench-delayed
+bench-delayed: $(STAMP)
+	$(PY) -m benchmarks.pages_bench --only-delayed

@@ -48,6 +48,15 @@ machine's; every ratio is taken against a baseline measured in the same run.
    hours it wrote, against the same upserts without), and what recounting the
    current hour costs at the generated density and at a busy hour's.
    Baseline: the same at `--baseline` invocations. `--only-service-map` runs this part alone.
+
+6. Delayed messages `/delayed/` with `--delayed` (100,000) pending delayed messages among
+   `--count` invocations (`generate_invocations --delayed`: senders, OneWayCall and Input
+   entries, a 03:00 burst), server time of the page (first page with the day's chart, the
+   hour's and the week's charts, 20 pages deep by cursors, a target filter, a sender
+   filter, the burst's bar clicked, the htmx partial) and of the live fragment its socket
+   renders on a change. Baselines in the same run: the same requests with 1% as many
+   (`--baseline` invocations), and the bare SQL of the page's two main queries (the
+   page's rows, the chart's counts; EXPLAIN ANALYZE). `--only-delayed` runs this part alone.
 """
 
 from __future__ import annotations
@@ -244,14 +253,14 @@ def plan_summary(node: dict[str, Any], depth: int = 0) -> str:
 # ---------------------------------------------------------------- data
 
 
-def generate(count: int, *, seed: int, big_tree: int) -> GenerationResult:
-    """Our command, as `manage.py generate_invocations --count N --seed S --big-tree B` runs it."""
+def generate(count: int, *, seed: int, big_tree: int, delayed: int = 0) -> GenerationResult:
+    """Our command, as `manage.py generate_invocations --count N --seed S --big-tree B --delayed D` runs it."""
     from django.core.management import call_command
 
     from demo.management.commands.generate_invocations import Command
 
     command = Command()
-    call_command(command, count=count, seed=seed, big_tree=big_tree, stdout=io.StringIO())
+    call_command(command, count=count, seed=seed, big_tree=big_tree, delayed=delayed, stdout=io.StringIO())
     assert command.result is not None
     return command.result
 
@@ -1359,6 +1368,158 @@ def say_live(live: LiveResult, args: argparse.Namespace, invocations: int) -> No
 # ---------------------------------------------------------------- main
 
 
+# ---------------------------------------------------------------- 6. delayed messages
+
+DELAYED_TARGET_MS = 100.0  # the issue's bound on /delayed/ at 100,000 pending messages
+
+
+def delayed_requests(result: GenerationResult) -> list[Request]:
+    """The /delayed/ requests: cursors followed the way the page hands them out."""
+    from urllib.parse import urlencode
+
+    from invocations.graph.fires import RANGES, bucket_floor
+    from invocations.reads.delayed_filters import DelayedFilters
+    from invocations.reads.presenters.formatting import iso_utc
+    from invocations.reads.selectors import delayed as selectors
+
+    filters = DelayedFilters().invocation_filters()
+    after = None
+    for _ in range(19):  # "Later →" 19 times: the 20th page
+        page = selectors.delayed_page(filters=filters, after=after)
+        after = page.next_cursor
+    assert after is not None and result.delayed_burst_at is not None
+    # The week chart's bar that holds the burst (6-hour buckets), as its link gives it.
+    bar = bucket_floor(result.delayed_burst_at, RANGES["week"].bucket)
+    window = {"fires_after": iso_utc(bar), "fires_before": iso_utc(bar + RANGES["week"].bucket)}
+
+    return [
+        Request("first page, day chart", "/delayed/"),
+        Request("hour chart", "/delayed/?chart=hour"),
+        Request("week chart", "/delayed/?chart=week"),
+        Request("20th page (19 cursors in)", f"/delayed/?after={after.encode()}"),
+        Request("target filter (Email/send)", "/delayed/?service=Email&handler=send"),
+        Request("sender filter (Reminders/remind)", "/delayed/?sender_service=Reminders&sender_handler=remind"),
+        Request("the 03:00 bar clicked (week chart)", f"/delayed/?chart=week&{urlencode(window)}"),
+        Request("htmx partial (first page)", "/delayed/", htmx=True),
+    ]
+
+
+@dataclass
+class DelayedTimes:
+    pending: int
+    invocations: int
+    requests: dict[str, Timed]
+    fragment: list[float]  # the socket's render of chart + table after a change
+    bare: dict[str, tuple[float, str]] = field(default_factory=dict)  # EXPLAIN ANALYZE: seconds, plan
+
+
+def time_delayed(client: Client, result: GenerationResult, reps: int, *, explain_queries: bool) -> DelayedTimes:
+    from invocations.live.fragments import DelayedView
+    from invocations.models import Invocation
+    from invocations.reads.delayed_filters import DelayedFilters
+
+    requests = delayed_requests(result)
+    timed = time_requests(client, requests, reps)
+    view = DelayedView(filters=DelayedFilters(), can_operate=True)
+    fragment = []
+    for i in range(reps + 1):
+        t0 = time.perf_counter()
+        view.parts()
+        if i:
+            fragment.append(time.perf_counter() - t0)
+    pending = Invocation.objects.filter(status="scheduled", gone_from_restate_at__isnull=True).count()
+    out = DelayedTimes(pending, Invocation.objects.count(), timed, fragment)
+    if explain_queries:
+        first = timed["first page, day chart"]
+        rows_query = next(q for q in first.queries if "LIMIT 51" in q.sql)
+        chart_query = next(q for q in first.queries if "generate_series" in q.sql)
+        out.bare = {
+            "the page's ids in fire order (LIMIT 51)": explain(rows_query),
+            "the chart's counts (a range count per bar, capped counts around)": explain(chart_query),
+        }
+    return out
+
+
+def measure_delayed(client: Client, args: argparse.Namespace) -> tuple[DelayedTimes, DelayedTimes]:
+    """Part 6 with its own data: 1% of --delayed among --baseline invocations, then --delayed among --count."""
+    small_n = max(1, args.delayed // 100)
+    delete_generated()  # the full run's data set: this part makes its own
+    progress(f"delayed: generating {args.baseline:,} invocations + {small_n:,} delayed messages (baseline)")
+    small = generate(args.baseline, seed=args.seed, big_tree=0, delayed=small_n)
+    progress(f"delayed: baseline requests x{args.reps}")
+    base = time_delayed(client, small, args.reps, explain_queries=False)
+    delete_generated()
+    progress(f"delayed: generating {args.count:,} invocations + {args.delayed:,} delayed messages")
+    big = generate(args.count, seed=args.seed, big_tree=0, delayed=args.delayed)
+    progress(f"delayed: requests x{args.reps}")
+    return time_delayed(client, big, args.reps, explain_queries=True), base
+
+
+def report_delayed(big: DelayedTimes, base: DelayedTimes) -> list[list[str]]:
+    say(
+        f"\n6. Delayed messages /delayed/ with {big.pending:,} pending among {big.invocations:,} invocations "
+        f"({len(big.fragment)} rounds, ms; baseline {base.pending:,} pending among {base.invocations:,})"
+    )
+    rows = []
+    for label, t in big.requests.items():
+        b = base.requests[label]
+        rows.append(
+            [
+                label,
+                ms(t.median),
+                ms(t.p95),
+                f"{t.sql_share:.0%}",
+                len(t.queries),
+                ms(b.median),
+                f"{t.median / b.median:.1f}x",
+            ]
+        )
+    frag, base_frag = statistics.median(big.fragment), statistics.median(base.fragment)
+    rows.append(
+        [
+            "live fragment (chart + table)",
+            ms(frag),
+            ms(quantile(big.fragment, 0.95)),
+            "",
+            "",
+            ms(base_frag),
+            f"{frag / base_frag:.1f}x",
+        ]
+    )
+    say(table(["request", "median", "p95", "SQL share", "queries", "median @1%", "ratio"], rows))
+    say("\n   The page's main queries alone (EXPLAIN ANALYZE, best of 3; ms):")
+    first = big.requests["first page, day chart"]
+    for label, (seconds, plan) in big.bare.items():
+        say(f"   {label}: {ms(seconds)} ms ({plan})")
+    bare_total = sum(seconds for seconds, _ in big.bare.values())
+    say(f"   first page / its two main queries: {first.median / bare_total:.1f}x")
+    worst = max(big.requests.values(), key=lambda t: t.median)
+    verdict = "met" if worst.median * 1000 < DELAYED_TARGET_MS else "MISSED"
+    return [
+        [
+            f"/delayed/ at {big.pending:,} pending: first page median / p95 (ms)",
+            f"{ms(first.median)} / {ms(first.p95)}",
+        ],
+        [
+            f"/delayed/ slowest request median (target < {DELAYED_TARGET_MS:.0f} ms: {verdict})",
+            f"{ms(worst.median)} ({next(k for k, v in big.requests.items() if v is worst)})",
+        ],
+        [
+            f"/delayed/ first page, {big.pending:,} / {base.pending:,} pending",
+            f"{first.median / base.requests['first page, day chart'].median:.1f}x",
+        ],
+    ]
+
+
+def delayed_only(client: Client, args: argparse.Namespace, started: float) -> int:
+    big, base = measure_delayed(client, args)
+    summary = report_delayed(big, base)
+    summary.append(["benchmark runtime", f"{time.monotonic() - started:.0f} s"])
+    say("\nSummary")
+    say(table(["figure", "value"], summary))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--count", type=int, default=1_000_000, help="invocations generated for the measurements")
@@ -1375,11 +1536,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-live", action="store_true", help="skip the live-update part (no Restate, no browser)")
     parser.add_argument("--map-cold-reps", type=int, default=5, help="cold service map requests per window")
     parser.add_argument("--only-service-map", action="store_true", help="run the service map part (5.) alone")
+    parser.add_argument("--delayed", type=int, default=100_000, help="pending delayed messages for part 6")
+    parser.add_argument("--only-delayed", action="store_true", help="run the delayed messages part (6.) alone")
     parser.add_argument(
         "--live-only", action="store_true", help="only the live-update part, with --count rows in the table"
     )
     args = parser.parse_args(argv)
-    if args.only_service_map:
+    if args.only_service_map or args.only_delayed:
         args.no_live = True
 
     if not args.no_live and not Path(CHROMIUM).exists():
@@ -1423,6 +1586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"Page benchmark ({os.cpu_count()} CPUs, PostgreSQL {pg_version}; times are server time in-process)")
         if args.only_service_map:
             return service_map_only(client, args, started)
+        if args.only_delayed:
+            return delayed_only(client, args, started)
 
         if args.live_only:
             progress(f"generating {args.count:,} invocations")
@@ -1601,6 +1766,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             say_live(live, args, big.invocations)
 
+        delayed_big, delayed_base = measure_delayed(client, args)
+        delayed_summary = report_delayed(delayed_big, delayed_base)
+
         total_s = time.monotonic() - started
         say("\nSummary")
         first, b_first = big_list["first page"], base_list["first page"]
@@ -1644,6 +1812,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ["  samples", f"{len(live.samples):,}"],
             ]
         summary += map_summary
+        summary += delayed_summary
         summary += [
             [f"data generation, {big.invocations:,} invocations", f"{big.seconds:.1f} s"],
             ["benchmark runtime", f"{total_s:.0f} s"],

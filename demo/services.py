@@ -15,6 +15,7 @@ Which handler exercises which pattern:
   Orchestrator.generic           generic call by name and generic send
   Orchestrator.send_all          one-way sends to a Service, an Object (ordered, twice) and a Workflow
   Orchestrator.schedule          delayed sends: minutes, hours and days (typed and generic)
+  Orchestrator.later             delayed sends of Sleeper.nap after chosen delays (tests: one that fires soon)
   Orchestrator.idempotent        in-handler call with idempotency_key, made twice (same invocation)
   Orchestrator.wait_worker       a caller that waits on a queued Worker.work (caller -> queued callee)
   Orchestrator.long              a call tree worth cancelling: calls Sleeper.nap for many minutes
@@ -293,6 +294,15 @@ async def schedule(ctx: Context, name: str) -> str:
     ctx.workflow_send(run, key=wf_id, arg=f"{name}@example.com", send_delay=timedelta(days=2))
     ctx.workflow_send(confirm, key=wf_id, arg="late", send_delay=timedelta(days=2, minutes=1))
     return "scheduled"
+
+
+@orchestrator.handler()
+async def later(ctx: Context, req: dict[str, Any]) -> int:
+    """Delayed sends of Sleeper.nap, one per delay in `req["seconds"]`, each napping
+    `req["nap_minutes"]` once it fires: a message that fires soon, and stays running a while."""
+    for seconds in req["seconds"]:
+        ctx.service_send(nap, arg=float(req.get("nap_minutes", 0.0)), send_delay=timedelta(seconds=float(seconds)))
+    return len(req["seconds"])
 
 
 @orchestrator.handler()

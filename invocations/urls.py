@@ -7,6 +7,7 @@ from invocations.views import (
     attach,
     audit,
     deadlocks,
+    delayed,
     detail,
     jobs,
     lists,
@@ -103,4 +104,5 @@ urlpatterns = [
     path("workflows/", workflows.workflow_list, name="workflows"),
     # A workflow id is any string, like an object key: the same escaping carries it.
     path("workflows/<str:service>/<object_key:workflow_id>/", workflows.workflow_detail, name="workflow"),
+    path("delayed/", delayed.delayed_list, name="delayed"),
 ]

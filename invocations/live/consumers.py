@@ -289,13 +289,12 @@ class ObjectConsumer(_PageConsumer):
             await self.send(text_data=html)
 
 
-class StuckConsumer(_PageConsumer):
-    """/stuck/: its groups, re-rendered when waits change (queues, locks, deadlocks: the
-    stuck group) or invocations change status (the list group). A burst of changes is one
-    render: the first change waits out the spacing since the last render (RENDER_SPACING_S,
-    or twice what the last render cost: grouping 100k unfinished invocations takes a few
-    hundred ms), and the changes arriving meanwhile are covered by it; one that arrives
-    during a render (whose reads may have missed it) brings one more."""
+class _CoalescedPage(_PageConsumer):
+    """A page whose render is costly (a grouping over many rows): a burst of changes is one
+    render. The first change waits out the spacing since the last render (RENDER_SPACING_S,
+    or twice what the last render cost), the changes arriving meanwhile are covered by it,
+    and one that arrives during a render (whose reads may have missed it) brings one more.
+    Subclasses say what to send in `_html(fresh_after)`."""
 
     RENDER_SPACING_S = 0.5
     _pending: asyncio.Task[None] | None = None
@@ -303,14 +302,8 @@ class StuckConsumer(_PageConsumer):
     _last_cost = 0.0
     _announced = 0.0  # when the latest change was told (epoch seconds)
 
-    async def connect(self) -> None:
-        if not self.scope["user"].is_authenticated:
-            await self.close(code=4401)
-            return
-        await self._join([events.STUCK_GROUP, events.LIST_GROUP, events.SYNC_GROUP])
-        await self.accept()
-        # After joining: a change committed between the page's render and now is not lost.
-        await self._render(time.time())
+    async def _html(self, fresh_after: float) -> str:
+        raise NotImplementedError
 
     async def disconnect(self, code: int) -> None:
         if self._pending is not None:
@@ -319,7 +312,7 @@ class StuckConsumer(_PageConsumer):
 
     async def _render(self, fresh_after: float) -> None:
         self._last_render = time.monotonic()
-        html = await database_sync_to_async(fragments.stuck_groups)(fresh_after=fresh_after)
+        html = await self._html(fresh_after)
         self._last_cost = time.monotonic() - self._last_render
         await self.send(text_data=html)
 
@@ -336,6 +329,24 @@ class StuckConsumer(_PageConsumer):
         self._announced = time.time()
         if self._pending is None or self._pending.done():
             self._pending = asyncio.ensure_future(self._render_soon())
+
+
+class StuckConsumer(_CoalescedPage):
+    """/stuck/: its groups, re-rendered when waits change (queues, locks, deadlocks: the
+    stuck group) or invocations change status (the list group), a burst at a time
+    (grouping 100k unfinished invocations takes a few hundred ms)."""
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        await self._join([events.STUCK_GROUP, events.LIST_GROUP, events.SYNC_GROUP])
+        await self.accept()
+        # After joining: a change committed between the page's render and now is not lost.
+        await self._render(time.time())
+
+    async def _html(self, fresh_after: float) -> str:
+        return await database_sync_to_async(fragments.stuck_groups)(fresh_after=fresh_after)
 
     async def stuck_changed(self, event: dict[str, Any]) -> None:
         await self._changed()
@@ -432,3 +443,53 @@ class WorkflowConsumer(_PageConsumer):
     async def attach_finished(self, event: dict[str, Any]) -> None:
         if self.view.run_id:
             await self.send(text_data=await database_sync_to_async(fragments.attach_panel)(self.view.run_id))
+
+
+class DelayedConsumer(_CoalescedPage):
+    """/delayed/ (`?` the page's own filter, range and page): the chart and the list,
+    redrawn when a sync step changed a message it lists or any delayed message (a new
+    one, one that fired or was cancelled), a burst at a time. The chart's buckets are
+    aligned on the clock, so the page is also redrawn when its first bucket has passed,
+    change or not."""
+
+    view: fragments.DelayedView
+    _tick: asyncio.TimerHandle | None = None
+
+    async def connect(self) -> None:
+        if not self.scope["user"].is_authenticated:
+            await self.close(code=4401)
+            return
+        view = fragments.DelayedView.from_query(self.query())
+        if view is None:
+            await self.close(code=4400)
+            return
+        view.can_operate = await database_sync_to_async(user_can_operate)(self.scope["user"])
+        self.view = view
+        await self._join([events.LIST_GROUP, events.SYNC_GROUP])
+        await self.accept()
+        # After joining: a change committed between the page's render and now is not lost.
+        await self._render(time.time())
+
+    async def disconnect(self, code: int) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+        await super().disconnect(code)
+
+    async def _html(self, fresh_after: float) -> str:
+        html: str = await database_sync_to_async(self.view.parts)(fresh_after=fresh_after)
+        self._next_bucket()
+        return html
+
+    def _next_bucket(self) -> None:
+        """Redraw once the chart's first bucket is over (its bars start from the current one)."""
+        bucket = self.view.filters.chart_range.bucket.total_seconds()
+        wait = bucket - time.time() % bucket + 0.5
+        if self._tick is not None:
+            self._tick.cancel()
+        self._tick = asyncio.get_running_loop().call_later(wait, lambda: asyncio.ensure_future(self._changed()))
+
+    async def invocations_changed(self, event: dict[str, Any]) -> None:
+        ids = event.get("ids") or []
+        complete = event.get("count", len(ids)) <= len(ids)
+        if await database_sync_to_async(self.view.concerned)(ids, complete=complete):
+            await self._changed()

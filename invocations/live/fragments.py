@@ -21,16 +21,19 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from invocations.reads.audit_filters import AuditFilterForm
+from invocations.reads.delayed_filters import DelayedFilterForm, DelayedFilters
 from invocations.reads.filters import DEFAULT_SORT, InvocationFilterForm, InvocationFilters
 from invocations.reads.object_filters import ObjectFilterForm
 from invocations.reads.presenters.attach import attach_panel_for
 from invocations.reads.presenters.audit import audit_context
 from invocations.reads.presenters.deadlocks import deadlocks_context
+from invocations.reads.presenters.delayed import delayed_context
 from invocations.reads.presenters.objects import object_context, objects_context
 from invocations.reads.presenters.stuck import stuck_context
 from invocations.reads.presenters.sync_health import sync_health
 from invocations.reads.presenters.workflows import UnknownWorkflow, workflow_context, workflow_known, workflows_context
 from invocations.reads.selectors import attach as selectors_attach
+from invocations.reads.selectors import delayed as selectors_delayed
 from invocations.reads.selectors import detail as selectors_detail
 from invocations.reads.selectors import invocations as selectors
 from invocations.reads.selectors import jobs as selectors_jobs
@@ -465,3 +468,58 @@ class WorkflowView:
                 service=self.service, workflow_id=self.workflow_id, among=ids
             )
         )
+
+
+# ---------------------------------------------------------------- /delayed/
+
+# Every /delayed/ page of a process with one filter, range and page is told of a change at
+# the same moment: one render serves all of them.
+DELAYED_CACHE_S = 5
+
+
+@dataclass
+class DelayedView:
+    """What one connected /delayed/ page shows: its filter, chart range and page, and
+    (after each render) the messages it lists."""
+
+    filters: DelayedFilters
+    can_operate: bool = False
+    shown: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_query(cls, query: dict[str, list[str]]) -> DelayedView | None:
+        form = DelayedFilterForm({name: values[-1] for name, values in query.items() if values})
+        if not form.is_valid():
+            return None
+        return cls(filters=DelayedFilters.from_form(form.cleaned_data))
+
+    def parts(self, *, fresh_after: float | None = None) -> str:
+        """The chart and the table as they are now, as out-of-band swaps. With `fresh_after`
+        (epoch seconds, when a change was announced) a render started since then is shared
+        by every reader of this filter, range and page in this process."""
+
+        def render() -> tuple[float, str, frozenset[str]]:
+            started = time.time()  # before any read: the render sees every commit announced until now
+            context = delayed_context(filters=self.filters) | {"oob": True, "can_operate": self.can_operate}
+            html = render_to_string("invocations/delayed.html#chart", context) + render_to_string(
+                "invocations/delayed.html#table", context
+            )
+            return started, html, frozenset(r.id for r in context["rows"])
+
+        if fresh_after is None:
+            _, html, self.shown = render()
+        else:
+            query = self.filters.query_string(after=self.filters.after.encode() if self.filters.after else None)
+            key = "delayed:" + hashlib.sha256(f"{query}\0{self.can_operate}".encode()).hexdigest()[:32]
+            _, html, self.shown = cached_once(
+                key, usable=lambda entry: entry[0] >= fresh_after, compute=render, timeout_s=DELAYED_CACHE_S
+            )
+        return html
+
+    def concerned(self, ids: list[str], *, complete: bool = True) -> bool:
+        """Whether a sync step that changed `ids` can change this page: a message it lists
+        changed (it fired, or was cancelled), or one of them is or was a delayed message
+        (a new one, one that fired or left on another page, which moves the chart)."""
+        if not complete or self.shown.intersection(ids):
+            return True
+        return selectors_delayed.delayed_ids_among(ids)

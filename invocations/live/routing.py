@@ -14,4 +14,5 @@ websocket_urlpatterns = [
     path("ws/stuck/", consumers.StuckConsumer.as_asgi()),
     path("ws/workflows/", consumers.WorkflowsConsumer.as_asgi()),
     path("ws/workflow/", consumers.WorkflowConsumer.as_asgi()),
+    path("ws/delayed/", consumers.DelayedConsumer.as_asgi()),
 ]

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('invocations', '0013_objects_key_index'),
+        ('invocations', '0014_delayed_fire_index'),
     ]
 
     operations = [

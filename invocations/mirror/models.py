@@ -187,6 +187,35 @@ class Invocation(models.Model):
                 name="wf_run_status_idx",
                 condition=models.Q(service_type="workflow", handler_name=WORKFLOW_MAIN_HANDLER),
             ),
+            # /delayed/ (reads.selectors.delayed): the pending delayed messages in fire order, keyset
+            # on (scheduled_start_at, id) (`WHERE status = 'scheduled' AND gone_from_restate_at IS NULL
+            # ORDER BY scheduled_start_at, id LIMIT 51`), and the chart's counts per bucket (`date_bin`
+            # over the same rows, GROUP BY). The target and sender filters read included columns, so
+            # every one of those queries is an index-only scan of the scheduled rows alone.
+            models.Index(
+                fields=["scheduled_start_at", "id"],
+                name="inv_delayed_fire_idx",
+                include=["service_name", "handler_name", "invoked_by_target"],
+                condition=models.Q(status=InvocationStatus.SCHEDULED) & models.Q(gone_from_restate_at__isnull=True),
+            ),
+            # The same rows by target: /delayed/ filtered by target service (and handler) in fire order,
+            # and its chart's buckets as ranges (`WHERE service_name = %s AND handler_name = %s AND
+            # scheduled_start_at >= %s AND scheduled_start_at < %s`); without it PostgreSQL took
+            # inv_stuck_idx and read every scheduled row of the target for each bar (236 ms).
+            models.Index(
+                fields=["service_name", "handler_name", "scheduled_start_at", "id"],
+                name="inv_delayed_target_idx",
+                condition=models.Q(status=InvocationStatus.SCHEDULED) & models.Q(gone_from_restate_at__isnull=True),
+            ),
+            # The same rows, fire times alone: /delayed/'s chart counts each bucket as a range of it
+            # (reads.selectors.delayed.delayed_fire_counts, `SELECT count(*) ... WHERE status = 'scheduled'
+            # AND gone_from_restate_at IS NULL AND scheduled_start_at >= %s AND scheduled_start_at < %s`),
+            # a sixth of the index above: 107,000 messages in a week counted in 22 ms instead of 31.
+            models.Index(
+                fields=["scheduled_start_at"],
+                name="inv_delayed_count_idx",
+                condition=models.Q(status=InvocationStatus.SCHEDULED) & models.Q(gone_from_restate_at__isnull=True),
+            ),
         ]
 
     def __str__(self) -> str:

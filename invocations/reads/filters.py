@@ -78,6 +78,13 @@ class InvocationFilterForm(forms.Form):
     caller_service = forms.CharField(required=False, max_length=255)
     caller_handler = forms.CharField(required=False, max_length=255)
     kind = forms.ChoiceField(choices=[("", "any"), *EdgeKind.choices], required=False)
+    # Invoked by one service (and handler): Restate's invoked_by_target, the parent's
+    # "Service[/key]/handler". For a delayed message, its sender (links from /delayed/).
+    parent_service = forms.CharField(required=False, max_length=255, label="Invoked by service")
+    parent_handler = forms.CharField(required=False, max_length=255, label="Invoked by handler")
+    # When a scheduled invocation (a delayed message) fires: Restate's scheduled_start_at.
+    fires_after = BoundedDateTimeField(required=False)
+    fires_before = BoundedDateTimeField(required=False)
     # The invocations one bulk job touched ("show these invocations" on a job's page).
     job = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, label="Bulk job")
     # What the journal we hold says it waits on (links from /stuck/), and Restate's code of
@@ -98,10 +105,26 @@ class InvocationFilterForm(forms.Form):
             raise forms.ValidationError(f"{value!r} is not an invocation id (inv_...)")
         return value
 
+    def _clean_name(self, field: str) -> str:
+        value = self.cleaned_data[field].strip()
+        if "/" in value:
+            raise forms.ValidationError(f"{value!r} has a '/': service and handler names never do")
+        return value
+
+    def clean_parent_service(self) -> str:
+        return self._clean_name("parent_service")
+
+    def clean_parent_handler(self) -> str:
+        return self._clean_name("parent_handler")
+
     def clean(self) -> dict[str, Any]:
         super().clean()
         data = self.cleaned_data
-        for start, end in (("created_after", "created_before"), ("modified_after", "modified_before")):
+        for start, end in (
+            ("created_after", "created_before"),
+            ("modified_after", "modified_before"),
+            ("fires_after", "fires_before"),
+        ):
             if data.get(start) and data.get(end) and data[start] >= data[end]:
                 raise forms.ValidationError(f"{start} must be earlier than {end}")
         return data
@@ -126,6 +149,10 @@ class InvocationFilters:
     caller_service: str = ""
     caller_handler: str = ""
     kind: str = ""
+    parent_service: str = ""
+    parent_handler: str = ""
+    fires_after: datetime | None = None
+    fires_before: datetime | None = None
     job: int | None = None
     waiting: str = ""
     error_code: str = ""
@@ -152,6 +179,10 @@ class InvocationFilters:
             caller_service=data.get("caller_service") or "",
             caller_handler=data.get("caller_handler") or "",
             kind=data.get("kind") or "",
+            parent_service=data.get("parent_service") or "",
+            parent_handler=data.get("parent_handler") or "",
+            fires_after=data.get("fires_after"),
+            fires_before=data.get("fires_before"),
             job=data.get("job") or None,
             waiting=data.get("waiting") or "",
             error_code=data.get("error_code") or "",
@@ -203,6 +234,16 @@ class InvocationFilters:
                 callers &= Q(handler_name=self.caller_handler)
             edges = edges.filter(caller_id__in=Invocation.objects.filter(callers).values("id"))
             q &= Q(id__in=edges.values("callee_id"))
+        # Service and handler names never contain "/" (Restate's identifiers), so the first
+        # segment of the parent's target is its service and the last its handler, whatever its key.
+        if self.parent_service:
+            q &= Q(invoked_by_target__startswith=f"{self.parent_service}/")
+        if self.parent_handler:
+            q &= Q(invoked_by_target__endswith=f"/{self.parent_handler}")
+        if self.fires_after:
+            q &= Q(scheduled_start_at__gte=self.fires_after)
+        if self.fires_before:
+            q &= Q(scheduled_start_at__lt=self.fires_before)
         if self.job is not None:
             # The job's snapshot, not its filter: the same set its counts speak of.
             q &= Q(id__in=BulkJobItem.objects.filter(job_id=self.job).values("invocation_id"))
@@ -232,6 +273,10 @@ class InvocationFilters:
             "caller_service": self.caller_service,
             "caller_handler": self.caller_handler,
             "kind": self.kind,
+            "parent_service": self.parent_service,
+            "parent_handler": self.parent_handler,
+            "fires_after": iso_utc(self.fires_after),
+            "fires_before": iso_utc(self.fires_before),
             "job": "" if self.job is None else str(self.job),
             "waiting": self.waiting,
             "error_code": self.error_code,

@@ -446,6 +446,11 @@ def _operation_result(operation: str, invocation_id: str, response: httpx.Respon
             data = {}
     outcome = Outcome.DONE if status < 300 else _OUTCOME_BY_STATUS.get(status, Outcome.INVALID)
     message = _OPERATION_MESSAGES.get((operation, outcome)) or _error_message(response) or outcome.value
+    if operation == "cancel" and status == 200:
+        # 1.7.12 answers 202 for a cancel it has to carry out, and 200 when it was done at
+        # once: the invocation had not started (a delayed message, a queued call), and
+        # Restate dropped it without a trace (no row in sys_invocation, /output 404).
+        message = _CANCELLED_AT_ONCE
     return OperationResult(operation, invocation_id, outcome, status, message, data)
 
 
@@ -487,6 +492,10 @@ def _batch_rows(batch: Any) -> list[dict[str, Any]]:
     return [{name: values[i] for name, values in columns if values[i] is not None} for i in range(batch.num_rows)]
 
 
+_CANCELLED_AT_ONCE = (
+    "Cancelled at once: it had not started yet (a delayed message before its fire time, or a call "
+    "queued on an object), so Restate dropped it and keeps no record of it."
+)
 _OPERATION_MESSAGES = {
     (
         "cancel",

@@ -23,7 +23,12 @@ What is written:
   invocations older than a day marked gone from Restate (its retention).
 - The service map's hourly rollups, rebuilt from every row at the end (and after
   `--delete`): these rows never went through the sync engine that keeps them current.
-- No journal entries: they would be most of the volume and time, and no list
+- `--delayed N`: N more pending delayed messages (status `scheduled`, fire times over the
+  next week with 15% in a burst at the next 03:00 UTC), sent five at a time by completed
+  sender roots, with the senders' `OneWayCall` journal entries (payload included), the
+  messages' Input entries and `delayed_send` edges, as the sync writes them: what /delayed/
+  reads. `--count` still says how many the rest of the table holds.
+- Otherwise no journal entries: they would be most of the volume and time, and no list
   page reads them. `journal_size` is set and `journal_synced_size` says we hold
   all of it (1 for a scheduled or pending invocation: its Input, which the sync
   reads once although Restate reports journal_size 0), so a sync running on the
@@ -37,7 +42,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -109,6 +114,8 @@ class GenerationResult:
     small_tree_node: str | None = None  # a child in a tree of 4
     chain_leaf: str | None = None  # the bottom of a deep chain
     shapes: list[tuple[str, int, int, int]] = field(default_factory=list)  # shape, trees, nodes, max size
+    delayed: int = 0  # pending delayed messages (besides `invocations`)
+    delayed_burst_at: datetime | None = None  # the 03:00 UTC their burst fires at
 
 
 def _u(n: str, stream: int) -> str:
@@ -289,6 +296,119 @@ FROM gen_rows WHERE k > 0
 """
 
 
+# Who sends the delayed messages and to whom: (service, handler, service type).
+DELAYED_SENDERS = (
+    ("Scheduler", "plan", "service"),
+    ("Orchestrator", "schedule", "service"),
+    ("Reminders", "remind", "virtual_object"),
+    ("Billing", "renew", "service"),
+)
+DELAYED_TARGETS = (
+    ("Email", "send", "service"),
+    ("Notifier", "push", "service"),
+    ("Payments", "charge", "service"),
+    ("Cart", "checkout", "virtual_object"),
+    ("Ledger", "post", "virtual_object"),
+)
+DELAYED_PER_SENDER = 5
+DELAYED_BURST_SHARE = 0.15
+
+
+def _delayed_sql(seed: int) -> list[str]:
+    """The delayed messages and their senders (temp table gen_delayed), and the inserts of
+    their invocations, edges and journal entries. Payload bytes are JSON arrays of byte
+    values, as Restate's entry_json carries them."""
+    s = seed * 64
+
+    def values(rows: tuple[tuple[str, str, str], ...]) -> str:
+        return ", ".join(f"({i}, '{svc}', '{h}', '{ty}')" for i, (svc, h, ty) in enumerate(rows))
+
+    inv = connection.ops.quote_name(Invocation._meta.db_table)
+    edge = connection.ops.quote_name(InvocationEdge._meta.db_table)
+    journal = connection.ops.quote_name(JournalEntry._meta.db_table)
+    key = "CASE WHEN {ty} <> 'service' THEN 'k' || floor({u} * 1000)::int END"
+    target = "{svc} || coalesce('/' || {key}, '') || '/' || {h}"
+    return [
+        "CREATE OR REPLACE FUNCTION pg_temp.gen_bytes(b bytea) RETURNS jsonb IMMUTABLE LANGUAGE sql AS "
+        "$$SELECT coalesce(jsonb_agg(get_byte(b, i) ORDER BY i), '[]'::jsonb) FROM generate_series(0, length(b) - 1) AS i$$",
+        "CREATE TEMP TABLE gen_delayed_senders (idx int PRIMARY KEY, service text, handler text, ty text)",
+        f"INSERT INTO gen_delayed_senders VALUES {values(DELAYED_SENDERS)}",
+        "CREATE TEMP TABLE gen_delayed_targets (idx int PRIMARY KEY, service text, handler text, ty text)",
+        f"INSERT INTO gen_delayed_targets VALUES {values(DELAYED_TARGETS)}",
+        f"""
+        CREATE TEMP TABLE gen_delayed AS
+        WITH d AS (
+            SELECT n, n / {DELAYED_PER_SENDER} AS snd, mod(n, {DELAYED_PER_SENDER}) AS k,
+                   {_u("n", s + 40)} AS u_fire, {_u("n", s + 41)} AS u_burst, {_u("n", s + 42)} AS u_target,
+                   {_u(f"n / {DELAYED_PER_SENDER}", s + 43)} AS u_sender,
+                   {_u(f"n / {DELAYED_PER_SENDER}", s + 44)} AS u_sent
+            FROM generate_series(0, %(delayed)s - 1) AS n
+        ), named AS (
+            SELECT d.*, t.service, t.handler, t.ty, {key.format(ty="t.ty", u="d.u_target")} AS key,
+                   sd.service AS s_service, sd.handler AS s_handler, sd.ty AS s_ty,
+                   {key.format(ty="sd.ty", u="d.u_sender")} AS s_key
+            FROM d
+            JOIN gen_delayed_targets t ON t.idx = floor(d.u_target * {len(DELAYED_TARGETS)})::int
+            JOIN gen_delayed_senders sd ON sd.idx = floor(d.u_sender * {len(DELAYED_SENDERS)})::int
+        )
+        SELECT named.*,
+               '{ID_PREFIX}' || substr(md5('delayed:{seed}:' || n::text), 1, 30) AS id,
+               '{ID_PREFIX}' || substr(md5('sender:{seed}:' || snd::text), 1, 30) AS sender_id,
+               {target.format(svc="service", key="key", h="handler")} AS target,
+               {target.format(svc="s_service", key="s_key", h="s_handler")} AS s_target,
+               %(now)s::timestamptz - u_sent * interval '2 hours' AS sent_at,
+               CASE WHEN u_burst < {DELAYED_BURST_SHARE} THEN %(burst)s::timestamptz + u_fire * interval '5 minutes'
+                    ELSE %(now)s::timestamptz + interval '10 seconds' + u_fire * interval '7 days' END AS fire_at,
+               convert_to(json_build_object('order', n, 'note', 'reminder ' || n::text, 'step', k)::text, 'UTF8')
+                 AS payload
+        FROM named
+        """,
+        # The senders: completed roots, each with its Input and the OneWayCalls below.
+        f"""
+        INSERT INTO {inv} (id, target, service_name, service_key, handler_name, service_type, status,
+            completion_result, invoked_by, root_id, journal_size, retry_count, created_at, modified_at,
+            running_at, completed_at, completion_retention, journal_retention, first_seen_at, synced_at,
+            journal_synced_size)
+        SELECT sender_id, min(s_target), min(s_service), min(s_key), min(s_handler), min(s_ty), 'completed',
+            'success', 'ingress', sender_id, 1 + 2 * count(*), 1, min(sent_at), min(sent_at) + interval '40 ms',
+            min(sent_at), min(sent_at) + interval '40 ms', 'PT24H', 'PT24H', min(sent_at), min(sent_at),
+            1 + 2 * count(*)
+        FROM gen_delayed GROUP BY sender_id
+        """,
+        f"""
+        INSERT INTO {inv} (id, target, service_name, service_key, handler_name, service_type, status,
+            invoked_by, parent_id, invoked_by_target, root_id, journal_size, retry_count, created_at,
+            modified_at, scheduled_at, scheduled_start_at, completion_retention, journal_retention,
+            first_seen_at, synced_at, journal_synced_size)
+        SELECT id, target, service, key, handler, ty, 'scheduled', 'service', sender_id, s_target, sender_id,
+            0, 0, sent_at, sent_at, sent_at, fire_at, 'PT24H', 'PT24H', sent_at, sent_at, 1
+        FROM gen_delayed
+        """,
+        f"""
+        INSERT INTO {edge} (caller_id, caller_service, caller_handler, journal_index, callee_id, kind,
+            target_service, target_key, target_handler, created_at, fire_at)
+        SELECT sender_id, s_service, s_handler, 1 + 2 * k, id, 'delayed_send', service, key, handler, sent_at, fire_at
+        FROM gen_delayed
+        """,
+        f"""
+        INSERT INTO {journal} (invocation_id, index, entry_type, name, appended_at, entry, entry_lite)
+        SELECT sender_id, 1 + 2 * k, 'Command: OneWayCall', NULL, sent_at,
+            jsonb_build_object('Command', jsonb_build_object('OneWayCall', jsonb_build_object(
+                'request', jsonb_build_object('invocation_id', id, 'parameter', pg_temp.gen_bytes(payload)),
+                'invoke_time', (extract(epoch FROM fire_at) * 1000)::bigint))),
+            jsonb_build_object('Command', jsonb_build_object('OneWayCall', jsonb_build_object(
+                'invocation_id', id, 'invoke_time', (extract(epoch FROM fire_at) * 1000)::bigint)))
+        FROM gen_delayed
+        UNION ALL
+        SELECT id, 0, 'Command: Input', NULL, sent_at,
+            jsonb_build_object('Command', jsonb_build_object('Input', jsonb_build_object(
+                'payload', pg_temp.gen_bytes(payload), 'headers', '[]'::jsonb))),
+            '{{"Command": {{"Input": {{}}}}}}'::jsonb
+        FROM gen_delayed
+        """,
+    ]
+
+
 def has_synthetic() -> bool:
     with connection.cursor() as cursor:
         cursor.execute(
@@ -370,16 +490,26 @@ def analyze() -> None:
             cursor.execute(f"{command} {qn(model._meta.db_table)}")
 
 
+def next_three_utc(after: datetime) -> datetime:
+    """The first 03:00 UTC at or after `after`."""
+    day = after.astimezone(UTC).replace(hour=3, minute=0, second=0, microsecond=0)
+    return day if day >= after else day + timedelta(days=1)
+
+
 def result_trees(cursor: Any) -> int:
     cursor.execute("SELECT count(*) FROM gen_plan")
     return int(cursor.fetchone()[0])
 
 
-def generate(count: int, *, seed: int = 1, big_tree: int = 10_000, now: datetime | None = None) -> GenerationResult:
+def generate(
+    count: int, *, seed: int = 1, big_tree: int = 10_000, delayed: int = 0, now: datetime | None = None
+) -> GenerationResult:
     if count < 1:
         raise ValueError("count must be at least 1")
     if big_tree > count // 2:
         raise ValueError(f"a tree of {big_tree:,} needs --count of at least {2 * big_tree:,} (or --big-tree 0)")
+    if delayed < 0:
+        raise ValueError("delayed must be at least 0")
     if not 0 <= seed < 2**20:
         raise ValueError("seed must be in 0 .. 1048575")
     if has_synthetic():
@@ -400,6 +530,9 @@ def generate(count: int, *, seed: int = 1, big_tree: int = 10_000, now: datetime
         "span_s": (SPAN - timedelta(minutes=1)).total_seconds(),
         "now": now,
         "retention": RETENTION,
+        "delayed": delayed,
+        # The burst of delayed messages: the next 03:00 UTC at least an hour away.
+        "burst": next_three_utc(now + timedelta(hours=1)),
     }
     with transaction.atomic(), connection.cursor() as cursor:
         # Bulk load in one transaction: nothing to lose if it fails midway.
@@ -416,12 +549,23 @@ def generate(count: int, *, seed: int = 1, big_tree: int = 10_000, now: datetime
         with indexes_rebuilt_after(cursor, InvocationEdge._meta.db_table, rows_added=count - result_trees(cursor)):
             cursor.execute(INSERT_EDGES_SQL.format(table=qn(InvocationEdge._meta.db_table)))
             edges = cursor.rowcount
+        if delayed:
+            for sql in _delayed_sql(seed):
+                cursor.execute(sql, params)
+            cursor.execute("DROP TABLE gen_delayed, gen_delayed_senders, gen_delayed_targets")
+            cursor.execute("DROP FUNCTION pg_temp.gen_bytes(bytea)")
         cursor.execute(
             "SELECT shape, count(*), sum(size), max(size) FROM gen_plan GROUP BY shape ORDER BY sum(size) DESC"
         )
         shapes = [(shape, int(trees), int(nodes), int(biggest)) for shape, trees, nodes, biggest in cursor.fetchall()]
         result = GenerationResult(
-            invocations=invocations, edges=edges, trees=sum(s[1] for s in shapes), seconds=0.0, shapes=shapes
+            invocations=invocations,
+            edges=edges,
+            trees=sum(s[1] for s in shapes),
+            seconds=0.0,
+            shapes=shapes,
+            delayed=delayed,
+            delayed_burst_at=params["burst"] if delayed else None,
         )
 
         def sample(sql: str) -> str | None:
@@ -461,6 +605,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--big-tree", type=int, default=10_000, help="nodes in the one big tree (0: none); default 10,000"
         )
+        parser.add_argument(
+            "--delayed", type=int, default=0, help="also this many pending delayed messages, with senders and payloads"
+        )
         parser.add_argument("--trees", action="store_true", help="also print the tree shapes and sample ids")
         parser.add_argument("--delete", action="store_true", help="remove every synthetic row instead")
 
@@ -474,7 +621,9 @@ class Command(BaseCommand):
             )
             return
         try:
-            result = generate(options["count"], seed=options["seed"], big_tree=options["big_tree"])
+            result = generate(
+                options["count"], seed=options["seed"], big_tree=options["big_tree"], delayed=options["delayed"]
+            )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         self.result = result
@@ -485,6 +634,10 @@ class Command(BaseCommand):
         )
         if result.big_tree_root:
             self.stdout.write(f"{result.big_tree_size:,}-node tree: root {result.big_tree_root}")
+        if result.delayed:
+            self.stdout.write(
+                f"{result.delayed:,} pending delayed messages (and their senders), a burst at {result.delayed_burst_at}"
+            )
         if options["trees"]:
             self.stdout.write("shape    trees      nodes  largest")
             for shape, trees, nodes, biggest in result.shapes:

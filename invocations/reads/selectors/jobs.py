@@ -22,8 +22,12 @@ def bulk_targets(*, filters: InvocationFilters, action: Action) -> QuerySet[Invo
     """The invocations of the list filter that `action` may touch, by our copy's status.
 
     The worker checks each again in Restate before sending: our copy can be a step behind.
+    Rows marked gone from Restate are left out: Restate no longer holds them (a cancelled
+    delayed message, for one, is dropped at once and keeps its `scheduled` status here).
     """
-    qs = Invocation.objects.filter(filters.q(), status__in=[s.value for s in ALLOWED_STATUSES[action]])
+    qs = Invocation.objects.filter(
+        filters.q(), status__in=[s.value for s in ALLOWED_STATUSES[action]], gone_from_restate_at__isnull=True
+    )
     if action is Action.RESTART_AS_NEW:
         qs = qs.exclude(service_type="workflow")  # Restate answers 422: workflows cannot restart
     return qs.order_by()
