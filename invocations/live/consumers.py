@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -294,7 +295,7 @@ class _CoalescedPage(_PageConsumer):
     render. The first change waits out the spacing since the last render (RENDER_SPACING_S,
     or twice what the last render cost), the changes arriving meanwhile are covered by it,
     and one that arrives during a render (whose reads may have missed it) brings one more.
-    Subclasses say what to send in `_html(fresh_after)`."""
+    Subclasses define `_html(fresh_after)`: what to send."""
 
     RENDER_SPACING_S = 0.5
     _pending: asyncio.Task[None] | None = None
@@ -302,8 +303,7 @@ class _CoalescedPage(_PageConsumer):
     _last_cost = 0.0
     _announced = 0.0  # when the latest change was told (epoch seconds)
 
-    async def _html(self, fresh_after: float) -> str:
-        raise NotImplementedError
+    _html: Callable[[float], Awaitable[str]]
 
     async def disconnect(self, code: int) -> None:
         if self._pending is not None:
