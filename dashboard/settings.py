@@ -184,6 +184,29 @@ SYNC_INPUT_RETRY_S = env_float("SYNC_INPUT_RETRY_S", 60.0)
 DEADLOCK_REFRESH_MIN_S = env_float("DEADLOCK_REFRESH_MIN_S", 0.5)
 DEADLOCK_REFRESH_MAX_S = env_float("DEADLOCK_REFRESH_MAX_S", 30.0, minimum=1.0)
 
+# The push feed: Restate's trace spans, POSTed to /v1/traces (OTLP/HTTP). Restate sends the
+# token with its `tracing-headers` (RESTATE_TRACING_HEADERS__AUTHORIZATION="Bearer <token>");
+# unset, the receiver is off (404) and the mirror polls.
+TRACES_TOKEN = os.environ.get("TRACES_TOKEN", "")
+# Bodies above this are refused (413) before being read. Restate's exporter sends batches of
+# at most 512 spans, well under 1 MiB.
+TRACES_MAX_BODY_BYTES = env_int("TRACES_MAX_BODY_BYTES", 4 * 1024 * 1024)
+# Invocation ids waiting for the engine at most; past it new ids are dropped and counted, and
+# the engine runs a full step (the scan finds what they announced).
+TRACES_HINT_QUEUE_MAX = env_int("TRACES_HINT_QUEUE_MAX", 50_000)
+# While spans arrive, the full scan runs this often (the safety net: scheduled and inboxed
+# invocations announce nothing until they start, and spans can be lost).
+SYNC_SAFETY_NET_S = env_float("SYNC_SAFETY_NET_S", 30.0, minimum=0.1)
+# No span for this long: back to adaptive polling (the pages say which mode).
+SYNC_PUSH_QUIET_S = env_float("SYNC_PUSH_QUIET_S", 60.0, minimum=0.1)
+# Hint passes wait this long after a wake-up, so one read to Restate serves a burst of spans.
+SYNC_HINT_BATCH_S = env_float("SYNC_HINT_BATCH_S", 0.05)
+# A span's id is re-read once; a longer follow re-reads it for this long (0: once).
+SYNC_SPAN_FOLLOW_S = env_float("SYNC_SPAN_FOLLOW_S", 0.0)
+# Spans kept for the attempts drawn on the pages: this long, and at most this many rows.
+SPANS_KEEP_S = env_float("SPANS_KEEP_S", 7 * 24 * 3600.0, minimum=1.0)
+SPANS_MAX_ROWS = env_int("SPANS_MAX_ROWS", 2_000_000)
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",

@@ -9,6 +9,7 @@ from invocations.mirror.models import (
     EdgeKind,
     Invocation,
     InvocationEdge,
+    InvocationSpan,
     JournalEntry,
     ObjectLock,
     QueuedInvocation,
@@ -20,6 +21,7 @@ from invocations.mirror.models import (
     ServiceMapPair,
     SyncHint,
     SyncState,
+    TraceFeed,
     WorkflowPromise,
 )
 from invocations.records.models import AttachWait, AuditEntry, BulkJob, BulkJobItem
@@ -36,6 +38,7 @@ __all__ = [
     "EdgeKind",
     "Invocation",
     "InvocationEdge",
+    "InvocationSpan",
     "JournalEntry",
     "ObjectLock",
     "QueuedInvocation",
@@ -47,5 +50,6 @@ __all__ = [
     "ServiceMapPair",
     "SyncHint",
     "SyncState",
+    "TraceFeed",
     "WorkflowPromise",
 ]

@@ -432,6 +432,11 @@ class Deployment(models.Model):
     created_at = models.DateTimeField(null=True, blank=True)
 
 
+class FeedMode(models.TextChoices):
+    POLL = "poll"
+    PUSH = "push"
+
+
 class SyncState(models.Model):
     """The sync engine's single row: where it is, and how it is doing (shown on every page)."""
 
@@ -480,6 +485,15 @@ class SyncState(models.Model):
     # PostgreSQL's clock, like Invocation.synced_at: every row synced up to this moment was
     # broadcast. A restarted engine broadcasts the rows synced after it (see SyncEngine.broadcast_unsent).
     last_broadcast_at = models.DateTimeField(null=True, blank=True)
+    # How the mirror learns of changes: "push" while Restate's trace spans arrive (hints
+    # re-read by id; the full scan is a slow safety net), "poll" otherwise. Written by the loop.
+    feed_mode = models.CharField(max_length=8, choices=FeedMode.choices, default=FeedMode.POLL)
+    feed_mode_since = models.DateTimeField(null=True, blank=True)
+    # The last hint pass that committed a change (push mode's freshness; steps are 30 s apart then).
+    last_hint_at = models.DateTimeField(null=True, blank=True)
+    # Rows the last step found changed in push mode: what the spans did not announce (scheduled,
+    # inboxed) or what was lost on the way; zero most of the time.
+    last_net_changed = models.IntegerField(null=True, blank=True)
 
     @classmethod
     def load(cls) -> SyncState:
@@ -521,6 +535,77 @@ class SyncHint(models.Model):
     invocation_id = models.CharField(primary_key=True, max_length=100)
     requested_at = models.DateTimeField()
     until = models.DateTimeField()
+    # Read at least once, whatever `until` says: a span's hint follows for no time at all
+    # (Restate exports the span after the state it describes is readable).
+    read = models.BooleanField(default=False)
+
+
+class TraceFeed(models.Model):
+    """What the OTLP receiver got from Restate: one row, written by the web processes that
+    receive (never by the sync engine), shown on the sync line; the sync loop reads
+    `last_received_at` to choose push or poll, and `last_dropped_at` to scan at once when
+    the hint queue was full."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    requests = models.BigIntegerField(default=0)
+    spans = models.BigIntegerField(default=0)
+    ids_hinted = models.BigIntegerField(default=0)
+    last_received_at = models.DateTimeField(null=True, blank=True)
+    refused = models.BigIntegerField(default=0)
+    last_refused_at = models.DateTimeField(null=True, blank=True)
+    last_refusal = models.TextField(blank=True)
+    ids_dropped = models.BigIntegerField(default=0)  # hints refused because the queue was full
+    last_dropped_at = models.DateTimeField(null=True, blank=True)
+
+    @classmethod
+    def load(cls) -> TraceFeed:
+        feed, _ = cls.objects.get_or_create(id=1)
+        return feed
+
+
+class SpanKind(models.TextChoices):
+    INGRESS = "ingress"  # `ingress <svc>/<handler>`: the ingress accepted the request
+    START = "start"  # `invocation-start`
+    ATTEMPT = "attempt"  # `invocation-attempt`: one per attempt, ends with it
+    END = "end"  # `invocation-end`
+
+
+class InvocationSpan(models.Model):
+    """One of Restate's trace spans about an invocation, kept (SPANS_KEEP_S, SPANS_MAX_ROWS)
+    to draw attempts: running time apart from waiting, every retry and suspension.
+
+    Not a foreign key: a span can arrive before the sync has mirrored its invocation."""
+
+    class Status(models.IntegerChoices):
+        UNSET = 0
+        OK = 1
+        ERROR = 2
+
+    id = models.BigAutoField(primary_key=True)
+    invocation_id = models.CharField(max_length=100)
+    kind = models.CharField(max_length=8, choices=SpanKind.choices)
+    trace_id = models.CharField(max_length=32)
+    span_id = models.CharField(max_length=16)
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField()
+    status = models.SmallIntegerField(choices=Status.choices, default=Status.UNSET)
+    status_message = models.TextField(blank=True)
+    deployment_id = models.CharField(max_length=100, blank=True)
+    deployment_address = models.TextField(blank=True)
+    result = models.CharField(max_length=16, blank=True)  # invocation-end: success / failure
+    received_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            # The attempts of one invocation, in order (detail page, waterfall).
+            models.Index(fields=["invocation_id", "started_at"], name="span_invocation_idx"),
+            # Retention: DELETE ... WHERE received_at < cutoff.
+            models.Index(fields=["received_at"], name="span_received_idx"),
+        ]
+        constraints = [
+            # An exporter retrying a batch it thinks failed sends the same spans again.
+            models.UniqueConstraint(fields=["trace_id", "span_id"], name="span_unique"),
+        ]
 
 
 class Deadlock(models.Model):

@@ -1,5 +1,6 @@
 """The Restate layer: the only code that speaks HTTP to Restate (`client`), the one
-SQL quoting function (`sql`), invocation ids (`ids`) and typed errors (`errors`).
+SQL quoting function (`sql`), invocation ids (`ids`), typed errors (`errors`) and the
+parsing of the trace spans Restate pushes to us (`spans`).
 Everything above imports from here; this package imports nothing of ours."""
 
 from invocations.restate.client import (

@@ -32,7 +32,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, DataError, InterfaceError, connection, transaction
-from django.db.models import DateTimeField, F, Model, Value
+from django.db.models import DateTimeField, Exists, F, Model, OuterRef, Value
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
@@ -70,6 +70,8 @@ PROMISE_SQL = (
     "SELECT service_name, service_key, key, completed, completion_success_value_utf8, completion_failure "
     "FROM sys_promise"
 )
+# A hint pass re-reads object queues at most this often (see _sync_queues_of).
+QUEUES_HINT_MIN_S = 0.2
 # Workflow ids whose promises a step re-reads at most (more: the slow tables' full read catches up).
 PROMISE_KEYS_PER_STEP = 200
 # A row can appear behind the watermark by up to about one scan's duration; re-read three.
@@ -161,6 +163,8 @@ class HintReport:
     changed: int = 0
     gone: int = 0
     journal_entries: int = 0
+    callees: int = 0  # callees their journals named that our copy lacked, read too
+    queue_keys_changed: int = 0
     duration_s: float = 0.0
 
 
@@ -199,6 +203,7 @@ class SyncEngine:
         self.input_retry = input_retry if input_retry is not None else timedelta(seconds=settings.SYNC_INPUT_RETRY_S)
         self.clock = clock
         self._last_slow: datetime | None = None
+        self._last_hint_queues: float | None = None
         # The current failure streak, in memory: PostgreSQL may be down when it starts.
         self.failures = 0
         self.failing_since: datetime | None = None
@@ -325,42 +330,85 @@ class SyncEngine:
         return len(changes.ids) + int(changes.overflow)
 
     def sync_hinted(self) -> HintReport | None:
-        """Re-read the hinted invocations by id (an action just touched them), with
-        their journals, and tell the pages; None when no hint is due.
+        """Re-read the hinted invocations by id (an action touched them, or Restate's spans
+        announced a change), with their journals, and tell the pages; None when no hint is due.
 
-        A lookup by id is indexed in Restate (a few ms), unlike the full scan of a
-        step, so an action's effect reaches the page without waiting for the poll.
-        An id Restate no longer holds (purged) is marked gone: a lookup by id is
-        what decides that.
+        A lookup by id is indexed in Restate (a few ms), unlike the full scan of a step, so
+        a change reaches the page without waiting for the poll. What the step would also
+        bring for these rows comes along: callees their new journal entries name that our
+        copy lacks (a delayed or queued call sends no span until it starts), the queues of
+        the object keys that changed, and the promises of changed workflow ids. An id
+        Restate no longer holds (purged) is marked gone: a lookup by id decides that.
         """
-        ids = hints.hints_due()
+        ids, taken_at = hints.hints_due()
         if not ids:
             return None
         t0 = time.monotonic()
         report = HintReport(ids=len(ids))
         changes = Changes()
         try:
-            sql = f"SELECT {', '.join(mapping.INVOCATION_COLUMNS)} FROM sys_invocation WHERE id IN {sql_list(ids)}"
-            rows = [row for batch in self.client.query_batches(sql) for row in batch]
-            with transaction.atomic():
-                changed = self._upsert_invocations(self._mapped(rows)) if rows else []
-                changes.add(changed)
-                report.changed = len(changed)
-                missing = sorted(set(ids) - {row["id"] for row in rows})
-                if missing:
-                    gone = ReconcileReport()
-                    self._mark_gone(missing, gone, changes)
-                    report.gone = gone.gone
-                    hints.hints_drop(missing)
+            self._read_by_id(ids, report, changes)
+            hints.hints_read(ids, taken_at=taken_at)
             self._resolve_roots(changes)
             journal = StepReport()
             self._sync_journals(journal, changes)
             report.journal_entries = journal.journal_entries
+            callees = self._unknown_callees(ids)
+            if callees:
+                report.callees = len(callees)
+                self._read_by_id(callees, report, changes, mark_gone=False)
+                self._resolve_roots(changes)
+                self._sync_journals(journal, changes)
+            if changes:
+                self._sync_promises_of(changes)
+                self._sync_queues_of(changes, journal)
+            if changes:
+                SyncState.objects.filter(id=1).update(last_hint_at=self.clock())
         finally:
             if changes:
                 changes.broadcast()
+        report.queue_keys_changed = journal.queue_keys_changed
         report.duration_s = time.monotonic() - t0
         return report
+
+    def _read_by_id(self, ids: list[str], report: HintReport, changes: Changes, *, mark_gone: bool = True) -> None:
+        sql = f"SELECT {', '.join(mapping.INVOCATION_COLUMNS)} FROM sys_invocation WHERE id IN {sql_list(ids)}"
+        rows = [row for batch in self.client.query_batches(sql) for row in batch]
+        with transaction.atomic():
+            changed = self._upsert_invocations(self._mapped(rows)) if rows else []
+            changes.add(changed)
+            report.changed += len(changed)
+            missing = sorted(set(ids) - {row["id"] for row in rows})
+            if missing and mark_gone:
+                gone = ReconcileReport()
+                self._mark_gone(missing, gone, changes)
+                report.gone += gone.gone
+                hints.hints_drop(missing)
+
+    @staticmethod
+    def _unknown_callees(caller_ids: list[str]) -> list[str]:
+        """Callees named in these callers' journals that our copy does not hold yet."""
+        known = Invocation.objects.filter(id=OuterRef("callee_id"))
+        edges = InvocationEdge.objects.filter(caller_id__in=caller_ids, callee_id__isnull=False)
+        unknown = edges.exclude(Exists(known)).values_list("callee_id", flat=True)
+        return sorted({callee for callee in unknown[:IDS_PER_QUERY] if callee})
+
+    def _sync_queues_of(self, changes: Changes, report: StepReport) -> None:
+        """Re-read object queues and locks after a hint pass changed an invocation on an
+        object or workflow key: a lock hand-over or a queue entry starting is in no span
+        of its own. The snapshot is of Restate's queue tables, whose size is the keys in
+        use, not the invocations retained; spaced by QUEUES_HINT_MIN_S under a flood."""
+        now = time.monotonic()
+        if self._last_hint_queues is not None and now - self._last_hint_queues < QUEUES_HINT_MIN_S:
+            return
+        keyed = Invocation.objects.filter(id__in=list(changes.ids)[:IDS_PER_QUERY], service_key__isnull=False)
+        if not changes.overflow and not keyed.exists():
+            return
+        self._last_hint_queues = now
+        if SyncState.objects.filter(queue_tables=SyncState.QueueTables.VQUEUES).exists():
+            self._sync_vqueues(report, changes)
+        else:
+            self._sync_queues(report, changes)
 
     @staticmethod
     def _db_now() -> datetime:

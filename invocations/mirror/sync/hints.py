@@ -7,7 +7,9 @@ readable, and a hint written while no engine runs waits in the table for the
 next one. The engine re-reads a hinted id on every hint pass until the hint's
 `until`: Restate applies an action asynchronously (a cancel reaches the
 children over the next moments), so one read right after the call could
-still see the old state.
+still see the old state. Restate's trace spans are hints too (the receiver in
+the web process writes them, bounded by `hints_add_bounded`): read once, since a
+span is exported after the state it reports is readable.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from django.db import connection
-from django.utils import timezone
 
 from invocations.mirror.models import SyncHint
 from invocations.mirror.sync.lock import connect_like_django
@@ -33,6 +34,12 @@ CHANNEL = "invocations_sync_hints"
 DEFAULT_FOLLOW = timedelta(seconds=10)
 # At most this many ids per hint pass: one `id IN (...)` query to Restate.
 MAX_IDS_PER_PASS = 1000
+TABLE = SyncHint._meta.db_table
+# A repeated hint extends the follow (never cuts it short) and asks for one more read.
+_ON_CONFLICT = (
+    "ON CONFLICT (invocation_id) DO UPDATE SET requested_at = EXCLUDED.requested_at, "
+    f"until = GREATEST({TABLE}.until, EXCLUDED.until), read = false"
+)
 
 
 def hints_add(invocation_ids: Iterable[str], *, follow: timedelta = DEFAULT_FOLLOW) -> int:
@@ -40,25 +47,62 @@ def hints_add(invocation_ids: Iterable[str], *, follow: timedelta = DEFAULT_FOLL
     ids = sorted(set(invocation_ids))
     if not ids:
         return 0
-    now = timezone.now()
-    table = SyncHint._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (invocation_id, requested_at, until) "
-            "SELECT unnest(%s::text[]), %s, %s "
-            "ON CONFLICT (invocation_id) DO UPDATE SET requested_at = EXCLUDED.requested_at, "
-            f"until = GREATEST({table}.until, EXCLUDED.until)",
-            [ids, now, now + follow],
+            f"INSERT INTO {TABLE} (invocation_id, requested_at, until, read) "
+            "SELECT unnest(%s::text[]), clock_timestamp(), clock_timestamp() + make_interval(secs => %s), false "
+            f"{_ON_CONFLICT}",
+            [ids, follow.total_seconds()],
         )
         cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
     return len(ids)
 
 
-def hints_due() -> list[str]:
-    """The ids to re-read now (oldest request first); expired hints are dropped."""
-    now = timezone.now()
-    SyncHint.objects.filter(until__lt=now).delete()
-    return list(SyncHint.objects.order_by("requested_at").values_list("invocation_id", flat=True)[:MAX_IDS_PER_PASS])
+def hints_add_bounded(invocation_ids: Iterable[str], *, follow: timedelta, capacity: int) -> tuple[int, int]:
+    """hints_add for a feed that can flood (spans): while the queue holds `capacity` ids,
+    new ids are refused (an id already queued is still refreshed). Returns (queued, dropped).
+
+    What is dropped is not lost: the caller records the drop, and the engine then runs a
+    full step (the scan finds every change). Concurrent receivers can overshoot the
+    capacity by one request's ids each, which keeps it bounded.
+    """
+    ids = sorted(set(invocation_ids))
+    if not ids:
+        return 0, 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "WITH incoming AS (SELECT unnest(%(ids)s::text[]) AS id), "
+            f"present AS (SELECT i.id FROM incoming i JOIN {TABLE} h ON h.invocation_id = i.id), "
+            # Counting stops at the capacity: a full queue costs one bounded index scan.
+            f"room AS (SELECT %(capacity)s - count(*) AS n FROM (SELECT 1 FROM {TABLE} LIMIT %(capacity)s) q), "
+            "fresh AS (SELECT id FROM incoming WHERE id NOT IN (SELECT id FROM present) "
+            "ORDER BY id LIMIT (SELECT GREATEST(n, 0) FROM room)) "
+            f"INSERT INTO {TABLE} (invocation_id, requested_at, until, read) "
+            "SELECT id, clock_timestamp(), clock_timestamp() + make_interval(secs => %(follow)s), false "
+            "FROM (SELECT id FROM present UNION ALL SELECT id FROM fresh) queued "
+            f"{_ON_CONFLICT} RETURNING 1",
+            {"ids": ids, "capacity": capacity, "follow": follow.total_seconds()},
+        )
+        queued = len(cursor.fetchall())
+        if queued:
+            cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
+    return queued, len(ids) - queued
+
+
+def hints_due() -> tuple[list[str], datetime]:
+    """The ids to re-read now (oldest request first), and the moment they were taken
+    (for hints_read). A hint is read at least once, then until its `until`."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {TABLE} WHERE read AND until < clock_timestamp()")
+        cursor.execute("SELECT clock_timestamp()")
+        taken_at = cursor.fetchone()[0]
+    ids = list(SyncHint.objects.order_by("requested_at").values_list("invocation_id", flat=True)[:MAX_IDS_PER_PASS])
+    return ids, taken_at
+
+
+def hints_read(invocation_ids: list[str], *, taken_at: datetime) -> None:
+    """Mark hints read; one renewed after `taken_at` (a newer span) stays unread."""
+    SyncHint.objects.filter(invocation_id__in=invocation_ids, requested_at__lte=taken_at).update(read=True)
 
 
 def hints_drop(invocation_ids: Iterable[str]) -> None:
@@ -67,7 +111,9 @@ def hints_drop(invocation_ids: Iterable[str]) -> None:
 
 
 def hints_pending() -> bool:
-    return SyncHint.objects.filter(until__gte=timezone.now()).exists()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {TABLE} WHERE NOT read OR until >= clock_timestamp())")
+        return bool(cursor.fetchone()[0])
 
 
 class HintListener:
