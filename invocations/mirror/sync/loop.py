@@ -157,7 +157,7 @@ class SyncLoop:
         # While spans announce changes, the full scan (a cost to Restate that grows with
         # what it retains) is only the safety net.
         if self.mode == FeedMode.PUSH:
-            return max(settings.SYNC_SAFETY_NET_S, poll_interval(duration_s=report.duration_s))
+            return max(settings.SYNC_SAFETY_NET_S, 4 * report.duration_s)
         return poll_interval(duration_s=report.duration_s)
 
     def _check_feed(self, *, force: bool = False) -> bool:
