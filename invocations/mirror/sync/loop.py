@@ -123,6 +123,7 @@ class SyncLoop:
                 self.engine.broadcast_unsent()
                 self._caught_up = True
             self._step_started_at = self.engine.clock()
+            pushing = self.mode == FeedMode.PUSH
             self.report = self.engine.sync_once()
         except TRANSIENT_ERRORS as exc:
             failures = self.engine.failures + 1
@@ -135,8 +136,9 @@ class SyncLoop:
             return None
         self._check_feed(force=True)
         self._interval = self._interval_for(self.report)
-        if self.mode == FeedMode.PUSH:
-            # What the spans did not announce: the safety net's catch, zero most of the time.
+        if pushing and self.mode == FeedMode.PUSH:
+            # What the spans did not announce: the safety net's catch. (Not after a restart:
+            # that first step finds all that changed while no engine ran.)
             SyncState.objects.filter(id=1).update(last_net_changed=self.report.changed)
         self._store_interval()
         self._after_step(changed=bool(self.report.changed or self.report.queue_keys_changed))
