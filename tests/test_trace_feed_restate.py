@@ -15,7 +15,7 @@ import pytest
 from django.db import connection
 
 from demo.stack import ManagedProcess, spawn, start_web
-from invocations.mirror.models import FeedMode, Invocation, SyncState, TraceFeed
+from invocations.mirror.models import FeedMode, Invocation, ObjectLock, QueuedInvocation, SyncState, TraceFeed
 from invocations.restate import RestateClient
 from tests.conftest import TRACES_TOKEN
 
@@ -113,6 +113,26 @@ def test_hints_reach_the_mirror_within_a_second_while_the_poll_waits_minutes(
             log=log,
         )
         scheduled.append(child.id)
+
+        # A call queued behind a key's holder: its ingress span names it, and the holder's hint
+        # re-reads the key's queue (the lock hand-over is in no span of its own).
+        key = f"pushed-{time.time_ns()}"
+        holder = restate.send("Worker", "work", key=key, payload=3.0)
+        queued = restate.send("Worker", "work", key=key, payload=0.1)
+        wait_until(
+            lambda: QueuedInvocation.objects.filter(invocation_id=queued, service_key=key).exists()
+            and ObjectLock.objects.filter(service_key=key, invocation_id=holder).exists(),
+            timeout=3,
+            what="the queue and its holder, through hints",
+            log=log,
+        )
+        wait_until(
+            lambda: Invocation.objects.filter(id__in=[holder, queued], status="completed").count() == 2
+            and not QueuedInvocation.objects.filter(service_key=key).exists(),
+            timeout=10,
+            what="the queue drained, through hints",
+            log=log,
+        )
 
         assert state().last_success_at == steps, "a full step ran: the hint path alone must explain this"
         feed = TraceFeed.objects.get()
