@@ -363,10 +363,11 @@ class SyncEngine:
             self._sync_journals(journal, more)
             callees = self._unknown_callees(ids)
             if callees:
+                # Their journals wait for the next pass or step: a scheduled or queued call holds
+                # only its input, and one that runs announces itself with its own spans.
                 report.callees = len(callees)
                 self._read_by_id(callees, report, more, mark_gone=False)
                 self._resolve_roots(more)
-                self._sync_journals(journal, more)
             changed_ids = [*changes.ids, *more.ids]
             overflow = changes.overflow or more.overflow
             if changed_ids or overflow:
