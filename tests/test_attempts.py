@@ -166,7 +166,7 @@ def test_segment_titles_name_the_attempt_its_outcome_and_deployment() -> None:
         now=at(100),
     )
     views = segment_views(p, T0, at(6), now=at(100))
-    assert [v.kind for v in views] == [FAILED_ATTEMPT, "backing-off", "running"]
+    assert [v.kind for v in views] == [FAILED_ATTEMPT, "backing-off", "attempt-completed"]
     assert views[0].title == (
         "attempt 1: ran 1.0 s, failed: transient failure, deployment dp_a (http://localhost:9080/)"
     )
@@ -184,6 +184,8 @@ class FakeInv:
     inboxed_at: datetime | None = None
     running_at: datetime | None = T0
     completed_at: datetime | None = None
+    completion_result: str | None = None
+    completion_failure: str | None = None
 
 
 def test_attempts_view_rows_say_what_followed_each_attempt() -> None:

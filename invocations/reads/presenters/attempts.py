@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 
 from invocations.graph import attempts as ga
-from invocations.mirror.status import NOT_STARTED
+from invocations.mirror.status import COMPLETION_FAILURE, NOT_STARTED
 from invocations.reads.presenters.formatting import duration
 from invocations.reads.selectors.spans import InvocationSpans, attempt_spans
 
@@ -27,8 +27,10 @@ KIND_WORDS = {
     ga.PAUSED: "paused",
     ga.IN_PROGRESS: "then the next attempt, running now:",
 }
-# A running segment whose attempt failed is drawn in its own colour.
+# Running segments are coloured by how their attempt ended, like the waterfall's bars by
+# status: a failure red, the attempt that completed the invocation green.
 FAILED_ATTEMPT = "attempt-failed"
+COMPLETED_ATTEMPT = "attempt-completed"
 # The strip's legend, in the order a life goes through them.
 LEGEND = [
     (ga.SCHEDULED, "scheduled"),
@@ -36,6 +38,7 @@ LEGEND = [
     (ga.QUEUED, "queued"),
     (ga.RUNNING, "running (an attempt)"),
     (FAILED_ATTEMPT, "an attempt that failed"),
+    (COMPLETED_ATTEMPT, "the attempt that completed it"),
     (ga.BACKING_OFF, "backing off after a failure"),
     (ga.SUSPENDED, "suspended"),
     (ga.PAUSED, "paused"),
@@ -53,6 +56,13 @@ def times_of(obj: Any) -> ga.Times:
         running_at=obj.running_at,
         completed_at=obj.completed_at,
     )
+
+
+def failure_of(obj: Any) -> str | None:
+    """The failure an invocation (or tree node) completed with; None unless it failed."""
+    if obj.completion_result != COMPLETION_FAILURE:
+        return None
+    return obj.completion_failure or "failed"
 
 
 def _deployment_text(deployment_id: str, address: str) -> str:
@@ -88,14 +98,21 @@ class SegmentView:
         return getattr(self, name)
 
 
-def segment_views(plan: ga.Plan, start: datetime | None, end: datetime | None, *, now: datetime) -> list[SegmentView]:
+def segment_views(
+    plan: ga.Plan, start: datetime | None, end: datetime | None, *, now: datetime, failed: bool = False
+) -> list[SegmentView]:
+    """failed: the invocation completed with a failure (its last attempt is drawn red)."""
     by_number = {a.number: a for a in plan.attempts}
     out = []
     for p in ga.place(plan.segments, start, end):
         s = p.segment
         kind = s.kind
-        if kind == ga.RUNNING and s.attempt is not None and by_number[s.attempt].outcome == ga.FAILED:
-            kind = FAILED_ATTEMPT
+        if kind == ga.RUNNING and s.attempt is not None:
+            outcome = by_number[s.attempt].outcome
+            if outcome == ga.FAILED or (outcome == ga.COMPLETED and failed):
+                kind = FAILED_ATTEMPT
+            elif outcome == ga.COMPLETED:
+                kind = COMPLETED_ATTEMPT
         out.append(SegmentView(kind, p.left, p.width, segment_title(s, by_number, now=now)))
     return out
 
@@ -113,7 +130,7 @@ class AttemptRow:
     then: str  # what followed: "backing off 2.0 s", "suspended 4.1 s"; "" for the last
 
 
-def _attempt_rows(plan: ga.Plan, created_at: datetime) -> list[AttemptRow]:
+def _attempt_rows(plan: ga.Plan, created_at: datetime, failure: str | None) -> list[AttemptRow]:
     gaps = {s.start: s for s in plan.segments if s.kind != ga.RUNNING and not s.waiting}
     rows = []
     for a in plan.attempts:
@@ -125,7 +142,11 @@ def _attempt_rows(plan: ga.Plan, created_at: datetime) -> list[AttemptRow]:
                 since_created=f"+{duration(max(a.started_at - created_at, timedelta(0)))}",
                 took=duration(a.duration),
                 outcome=a.outcome,
-                outcome_text=a.outcome_text,
+                outcome_text=(
+                    f"completed: the invocation failed ({failure})"
+                    if a.outcome == ga.COMPLETED and failure is not None
+                    else a.outcome_text
+                ),
                 deployment_id=a.deployment_id,
                 deployment_address=a.deployment_address,
                 then=f"{KIND_WORDS[gap.kind]} {duration(gap.duration)}" if gap is not None else "",
@@ -169,8 +190,8 @@ def attempts_view(inv: Any, *, now: datetime, spans: InvocationSpans | None = No
     return AttemptsView(
         kept=True,
         not_started=not_started,
-        rows=_attempt_rows(plan, inv.created_at),
-        segments=segment_views(plan, plan.start, plan.end, now=now),
+        rows=_attempt_rows(plan, inv.created_at, failure_of(inv)),
+        segments=segment_views(plan, plan.start, plan.end, now=now, failed=failure_of(inv) is not None),
         start=plan.start,
         end=plan.end,
         more=plan.more,
