@@ -66,7 +66,7 @@ def test_attempts_table_and_strip_show_every_retry_suspension_and_deployment(cli
     kinds = re.findall(r'class="seg seg-([\w-]+)"', strip)
     expected = ["queued", "attempt-failed", "backing-off", "attempt-failed", "backing-off"]
     assert kinds == [*expected, "running", "suspended", "attempt-completed"]
-    assert 'aria-label="attempt 1: ran 95 ms, failed: transient failure, deployment dp_14eb' in strip
+    assert 'title="attempt 1: ran 95 ms, failed: transient failure, deployment dp_14eb' in strip
     assert 'title="suspended 4.5 s"' in strip
     assert "backing off after a failure" in attempts  # the legend
 

@@ -71,13 +71,15 @@ def _deployment_text(deployment_id: str, address: str) -> str:
     return f"{deployment_id} ({address})" if deployment_id and address else deployment_id or address
 
 
-def segment_title(s: ga.Segment, attempts: Mapping[int, ga.Attempt], *, now: datetime) -> str:
-    """The words for one segment: its hover text and what a screen reader says."""
+def segment_title(s: ga.Segment, attempts: Mapping[int, ga.Attempt], *, now: datetime, deployment: bool = True) -> str:
+    """The words for one segment: its hover text and what a screen reader says.
+    deployment: name the attempt's deployment (the waterfall leaves it to the detail page:
+    on 2,000 rows it would triple the page's size)."""
     took = duration(s.duration)
     if s.kind == ga.RUNNING and s.attempt is not None:
         a = attempts.get(s.attempt)
         text = f"attempt {s.attempt}: ran {took}, {s.note}"
-        if a is not None and (dep := _deployment_text(a.deployment_id, a.deployment_address)):
+        if deployment and a is not None and (dep := _deployment_text(a.deployment_id, a.deployment_address)):
             text += f", deployment {dep}"
         return text
     if s.kind == ga.IN_PROGRESS:
@@ -99,7 +101,13 @@ class SegmentView:
 
 
 def segment_views(
-    plan: ga.Plan, start: datetime | None, end: datetime | None, *, now: datetime, failed: bool = False
+    plan: ga.Plan,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    now: datetime,
+    failed: bool = False,
+    deployment: bool = True,
 ) -> list[SegmentView]:
     """failed: the invocation completed with a failure (its last attempt is drawn red)."""
     by_number = {a.number: a for a in plan.attempts}
@@ -113,7 +121,7 @@ def segment_views(
                 kind = FAILED_ATTEMPT
             elif outcome == ga.COMPLETED:
                 kind = COMPLETED_ATTEMPT
-        out.append(SegmentView(kind, p.left, p.width, segment_title(s, by_number, now=now)))
+        out.append(SegmentView(kind, p.left, p.width, segment_title(s, by_number, now=now, deployment=deployment)))
     return out
 
 

@@ -133,7 +133,9 @@ def _segments(n: trees.Node, spans: InvocationSpans | None, axis: Axis) -> tuple
         return ()
     plan = ga.plan(times_of(n), spans.attempts, now=axis.now, more=spans.more)
     return tuple(
-        segment_views(plan, axis.start, axis.end, now=axis.now, failed=n.completion_result == COMPLETION_FAILURE)
+        segment_views(
+            plan, axis.start, axis.end, now=axis.now, failed=n.completion_result == COMPLETION_FAILURE, deployment=False
+        )
     )
 
 
