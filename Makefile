@@ -43,6 +43,12 @@ bench: $(STAMP)
 clean-data:
 	rm -rf data
 
+# The push feed (Restate's spans as hints): backfill vs bare COPY, freshness in Chromium with hints
+# and with polling only, Restate's CPU for mirroring per mode, rows missed; 100,000 retained.
+.PHONY: bench-push
+bench-push: $(STAMP) browser
+	$(PY) -m benchmarks.push_bench
+
 # List/detail page times at 1,000,000 generated invocations, tree rendering, and live-update
 # freshness in Chromium under demo load (needs Chromium, like the browser tests).
 .PHONY: bench-pages

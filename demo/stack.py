@@ -131,6 +131,17 @@ def start_web(port: int, log_path: Path, env: dict[str, str] | None = None) -> M
     return proc
 
 
+def tracing_env(endpoint: str, *, token: str) -> dict[str, str]:
+    """restate-server's environment for pushing its invocation spans to the dashboard's
+    receiver (`endpoint` is its /v1/traces), with the bearer token, every 100 ms
+    instead of the exporter's default 5 s."""
+    return {
+        "RESTATE_TRACING_SERVICES_ENDPOINT": f"otlp+{endpoint}",
+        "RESTATE_TRACING_HEADERS__AUTHORIZATION": f"Bearer {token}",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+
+
 def start_restate(
     base_dir: Path,
     *,

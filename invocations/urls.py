@@ -14,6 +14,7 @@ from invocations.views import (
     objects,
     service_map,
     stuck,
+    traces,
     workflows,
 )
 
@@ -80,6 +81,8 @@ register_converter(ObjectKeyConverter, "object_key")
 app_name = "invocations"
 
 urlpatterns = [
+    # OTLP/HTTP's default path, so an exporter's endpoint needs only the host (Restate, a Collector).
+    path("v1/traces", traces.traces_receive, name="traces_receive"),
     path("invocations/", lists.invocation_list, name="list"),
     path("invocations/<invocation_id:invocation_id>/", detail.invocation_detail, name="detail"),
     path("invocations/<invocation_id:invocation_id>/children/", detail.tree_children, name="tree_children"),

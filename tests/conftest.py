@@ -16,11 +16,28 @@ from invocations.mirror.sync.engine import StepReport, SyncEngine
 from invocations.restate import RestateClient
 
 
-@pytest.fixture(scope="session")
-def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from demo.stack import DemoStack
+# The token the session's Restate sends with its spans (as `make run` does with its own).
+TRACES_TOKEN = "test-traces-token"
 
-    stack = DemoStack.start(tmp_path_factory.mktemp("restate"))
+
+@pytest.fixture(scope="session")
+def traces_port() -> int:
+    """Where the session's Restate exports its spans: a receiver listens there only while a
+    test that wants spans runs (`traces_receiver`); otherwise Restate's exports fail and
+    are dropped, which is what a user's Restate does while the dashboard is down."""
+    from demo.stack import free_port
+
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def demo_stack(tmp_path_factory: pytest.TempPathFactory, traces_port: int) -> Iterator[Any]:
+    from demo.stack import DemoStack, tracing_env
+
+    stack = DemoStack.start(
+        tmp_path_factory.mktemp("restate"),
+        restate_env=tracing_env(f"http://127.0.0.1:{traces_port}/v1/traces", token=TRACES_TOKEN),
+    )
     try:
         yield stack
     finally:

@@ -67,10 +67,22 @@ def test_hints_are_followed_until_they_expire_and_repeat_hints_extend_not_duplic
     hints.hints_add(["inv_1aaaaaaaaaaaaaaaaaaaa"], follow=timedelta(seconds=30))
     hints.hints_add(["inv_1aaaaaaaaaaaaaaaaaaaa", "inv_1bbbbbbbbbbbbbbbbbbbb"], follow=timedelta(seconds=-1))
     assert SyncHint.objects.count() == 2
-    assert hints.hints_due() == ["inv_1aaaaaaaaaaaaaaaaaaaa"], "the later, shorter hint did not cut the first short"
-    assert list(SyncHint.objects.values_list("invocation_id", flat=True)) == ["inv_1aaaaaaaaaaaaaaaaaaaa"]
+    ids, taken_at = hints.hints_due()
+    assert ids == ["inv_1aaaaaaaaaaaaaaaaaaaa", "inv_1bbbbbbbbbbbbbbbbbbbb"], "an expired hint is still read once"
+    hints.hints_read(ids, taken_at=taken_at)
+    assert hints.hints_due()[0] == ["inv_1aaaaaaaaaaaaaaaaaaaa"], "the later, shorter hint did not cut the first short"
     SyncHint.objects.update(until=timezone.now() - timedelta(seconds=1))
-    assert hints.hints_due() == [] and not SyncHint.objects.exists()
+    assert hints.hints_due()[0] == [] and not SyncHint.objects.exists()
+
+
+def test_a_hint_renewed_while_being_read_is_read_again(transactional_db: None) -> None:
+    hints.hints_add(["inv_1aaaaaaaaaaaaaaaaaaaa"], follow=timedelta(0))
+    ids, taken_at = hints.hints_due()
+    hints.hints_add(["inv_1aaaaaaaaaaaaaaaaaaaa"], follow=timedelta(0))  # a newer span, while Restate is read
+    hints.hints_read(ids, taken_at=taken_at)
+    assert hints.hints_due()[0] == ["inv_1aaaaaaaaaaaaaaaaaaaa"]
+    hints.hints_read(ids, taken_at=hints.hints_due()[1])
+    assert hints.hints_due()[0] == []
 
 
 def test_the_listener_wakes_on_commit_not_before(transactional_db: None) -> None:

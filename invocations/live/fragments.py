@@ -30,7 +30,7 @@ from invocations.reads.presenters.deadlocks import deadlocks_context
 from invocations.reads.presenters.delayed import delayed_context
 from invocations.reads.presenters.objects import object_context, objects_context
 from invocations.reads.presenters.stuck import stuck_context
-from invocations.reads.presenters.sync_health import sync_health
+from invocations.reads.presenters.sync_health import sync_line_context
 from invocations.reads.presenters.workflows import UnknownWorkflow, workflow_context, workflow_known, workflows_context
 from invocations.reads.selectors import attach as selectors_attach
 from invocations.reads.selectors import delayed as selectors_delayed
@@ -39,7 +39,7 @@ from invocations.reads.selectors import invocations as selectors
 from invocations.reads.selectors import jobs as selectors_jobs
 from invocations.reads.selectors import objects as selectors_objects
 from invocations.reads.selectors import workflows as selectors_workflows
-from invocations.reads.selectors.sync_state import deadlocks_now_count, sync_state_get
+from invocations.reads.selectors.sync_state import sync_state_get
 from invocations.reads.shared import cached_once
 from invocations.reads.workflow_filters import WorkflowFilterForm
 from invocations.records.models import ItemState
@@ -63,8 +63,7 @@ def oob(html: str, element_id: str) -> str:
 
 
 def sync_state(sync: SyncState | None = None) -> str:
-    sync = sync or sync_state_get()
-    context = {"sync": sync, "sync_health": sync_health(sync, timezone.now()), "deadlocks_now": deadlocks_now_count()}
+    context = sync_line_context(sync, now=timezone.now())
     return oob(render_to_string("invocations/_sync_state.html", context), "sync-state")
 
 

@@ -9,16 +9,14 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from invocations.operations.roles import user_can_operate
-from invocations.reads.presenters.sync_health import sync_health
-from invocations.reads.selectors.sync_state import deadlocks_now_count, sync_state_get
+from invocations.reads.presenters.sync_health import sync_line_context
 
 
 def sync_state(request: HttpRequest) -> dict[str, Any]:
     # Signed-out visitors (the login page) learn nothing about the system.
     if not getattr(request, "user", None) or not request.user.is_authenticated:
         return {}
-    sync = sync_state_get()
-    return {"sync": sync, "sync_health": sync_health(sync, timezone.now()), "deadlocks_now": deadlocks_now_count()}
+    return sync_line_context(now=timezone.now())
 
 
 def operate(request: HttpRequest) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from demo.stack import (
     start_python_services,
     start_ts_services,
     start_web,
+    tracing_env,
 )
 from demo.supervise import EmbeddedPostgresHandle, Event, PopenHandle, Supervisor
 from invocations.operations.roles import Role, user_set_role
@@ -62,6 +63,17 @@ def local_login(data_dir: Path) -> tuple[str, str]:
     return ADMIN_USER, password
 
 
+def traces_token(data_dir: Path) -> str:
+    """The receiver's bearer token: TRACES_TOKEN when set, else one made once and kept in ./data."""
+    if settings.TRACES_TOKEN:
+        return settings.TRACES_TOKEN
+    token_file = data_dir / "traces_token"
+    if not token_file.exists():
+        token_file.write_text(secrets.token_urlsafe(24))
+        token_file.chmod(0o600)
+    return token_file.read_text().strip()
+
+
 class Command(BaseCommand):
     help = "Run the dashboard with everything it needs (embedded Restate + demo unless RESTATE_ADMIN_URL is set)."
 
@@ -75,6 +87,8 @@ class Command(BaseCommand):
         logs.mkdir(parents=True, exist_ok=True)
         call_command("migrate", interactive=False, verbosity=0)
         user, password = local_login(data_dir)
+        # The web server (a child) receives Restate's spans with this token; Restate sends it.
+        os.environ["TRACES_TOKEN"] = traces_token(data_dir)
 
         supervisor = Supervisor(report=self.report)
         wake = threading.Event()
@@ -99,6 +113,10 @@ class Command(BaseCommand):
                 log_dirs = f"{logs}/" + (f" and {stack.log_dir}/" if stack else "")
                 self.stdout.write(
                     self.style.SUCCESS(f"\nDashboard: {url}\nLogin:     {user} / {password}\nLogs:      {log_dirs}\n")
+                )
+                self.stdout.write(
+                    f"Spans:     point Restate's tracing at {url}v1/traces with the header "
+                    f"`authorization: Bearer <{data_dir}/traces_token>` (the demo's Restate already is)."
                 )
                 self.stdout.write("Ctrl-C stops everything; a process that dies is started again.")
             while not wake.wait(1.0):
@@ -139,6 +157,7 @@ class Command(BaseCommand):
                 node_port=DEMO_PORTS["node"],
                 python_port=DEMO_PORTS["python"],
                 ts_port=DEMO_PORTS["ts"],
+                restate_env=tracing_env(f"http://127.0.0.1:{port}/v1/traces", token=os.environ["TRACES_TOKEN"]),
             )
             demo = stack
             supervisor.add("restate-server", lambda: _start_restate(demo), log_path=demo.log_dir / "restate-server.log")

@@ -37,7 +37,7 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from invocations import events
-from invocations.mirror import rollups
+from invocations.mirror import feed, rollups
 from invocations.mirror.models import (
     Deployment,
     Invocation,
@@ -274,6 +274,7 @@ class SyncEngine:
             self._sync_queues(report, changes)
         if slow_due:
             self._sync_slow_tables(report)
+            feed.spans_prune()
             self._last_slow = started
 
     def record_failure(self, exc: BaseException, *, expected_interval_s: float | None = None) -> None:

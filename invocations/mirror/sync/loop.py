@@ -9,12 +9,15 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError
 
 from dashboard import embedded_postgres
-from invocations.mirror.models import SyncState
+from invocations import events
+from invocations.mirror import feed
+from invocations.mirror.models import FeedMode, SyncState, TraceFeed
 from invocations.mirror.sync import hints
 from invocations.mirror.sync.engine import HintReport, StepReport, SyncEngine
 from invocations.mirror.sync.lock import EngineLock
@@ -35,6 +38,8 @@ INTERVAL_WRITE_TOLERANCE = 0.25
 HINT_FOLLOW_S = 0.25
 # Between steps with nothing followed, how often a stop request is noticed.
 STOP_CHECK_S = 1.0
+# How often, between steps, the feed's row is read: push or poll, and were hints dropped.
+FEED_CHECK_S = 1.0
 
 
 def poll_interval(*, duration_s: float) -> float:
@@ -93,6 +98,10 @@ class SyncLoop:
         self._stored_interval: float | None = None
         self._caught_up = False
         self._hints_active = False
+        self.mode = FeedMode.POLL
+        self._step_started: float | None = None
+        self._step_started_at: datetime | None = None  # wall clock: "were hints dropped since"
+        self._feed_checked = 0.0
 
     @classmethod
     def from_settings(cls, *, after_step: AfterStep | None = None) -> SyncLoop:
@@ -108,10 +117,13 @@ class SyncLoop:
         if self.lock is not None and not self._hold_lock():
             self._interval = settings.SYNC_STANDBY_POLL_S
             return None
+        self._step_started = time.monotonic()
         try:
             if not self._caught_up:
                 self.engine.broadcast_unsent()
                 self._caught_up = True
+            self._step_started_at = self.engine.clock()
+            pushing = self.mode == FeedMode.PUSH
             self.report = self.engine.sync_once()
         except TRANSIENT_ERRORS as exc:
             failures = self.engine.failures + 1
@@ -122,7 +134,12 @@ class SyncLoop:
             self.engine.record_failure(exc, expected_interval_s=self._interval)
             self._stored_interval = None  # written with the failure (if PostgreSQL was up)
             return None
-        self._interval = poll_interval(duration_s=self.report.duration_s)
+        self._check_feed(force=True)
+        self._interval = self._interval_for(self.report)
+        if pushing and self.mode == FeedMode.PUSH:
+            # What the spans did not announce: the safety net's catch. (Not after a restart:
+            # that first step finds all that changed while no engine ran.)
+            SyncState.objects.filter(id=1).update(last_net_changed=self.report.changed)
         self._store_interval()
         self._after_step(changed=bool(self.report.changed or self.report.queue_keys_changed))
         if self.report.changed:
@@ -137,6 +154,42 @@ class SyncLoop:
     def next_interval(self) -> float:
         """Seconds to wait before the next step, as decided by the last one."""
         return self._interval
+
+    def _interval_for(self, report: StepReport) -> float:
+        # While spans announce changes, the full scan (a cost to Restate that grows with
+        # what it retains) is only the safety net.
+        if self.mode == FeedMode.PUSH:
+            return max(settings.SYNC_SAFETY_NET_S, 4 * report.duration_s)
+        return poll_interval(duration_s=report.duration_s)
+
+    def _check_feed(self, *, force: bool = False) -> bool:
+        """Read the feed's row (at most every FEED_CHECK_S): switch push/poll, and return
+        True when the receiver dropped hints since the last step began (scan now)."""
+        now = time.monotonic()
+        if not force and now - self._feed_checked < FEED_CHECK_S:
+            return False
+        self._feed_checked = now
+        try:
+            row = TraceFeed.objects.filter(id=1).first()
+            mode = feed.feed_mode_now(feed=row, now=self.engine.clock())
+            if mode != self.mode:
+                self._mode_changed(mode)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("could not read the trace feed's state: %s", exc)
+            return False
+        dropped_at = row.last_dropped_at if row is not None else None
+        return dropped_at is not None and self._step_started_at is not None and dropped_at > self._step_started_at
+
+    def _mode_changed(self, mode: FeedMode) -> None:
+        log.info(
+            "%s",
+            "spans are arriving: hints drive the mirror, the full scan is a safety net"
+            if mode == FeedMode.PUSH
+            else "no spans for a while: polling",
+        )
+        self.mode = mode
+        SyncState.objects.filter(id=1).update(feed_mode=mode, feed_mode_since=self.engine.clock())
+        events.sync_step_committed(changed_ids=[])  # the sync line says which mode
 
     def step_hints(self) -> HintReport | None:
         """Re-read what actions just touched (hints), between steps. Failures are left to
@@ -175,17 +228,33 @@ class SyncLoop:
             self.close()
 
     def _pause(self, wait: Callable[[float], bool], listener: hints.HintListener | None) -> bool:
-        """Wait out the interval, serving hints meanwhile; True when stop was asked."""
+        """Wait out the interval, serving hints meanwhile; True when stop was asked.
+
+        A wake-up waits SYNC_HINT_BATCH_S before reading, so a burst of spans costs Restate
+        one query. The interval is re-decided as the feed changes: spans stopping end a
+        push-mode wait early (back to polling), and dropped hints end it at once.
+        """
         if listener is None or self.standing_by or self.report is None:
             return wait(self.next_interval())
+        started = self._step_started if self._step_started is not None else time.monotonic()
         deadline = time.monotonic() + self.next_interval()
         self._hints_active = True  # hints written while the step ran have no NOTIFY left to wake us
         while (remaining := deadline - time.monotonic()) > 0:
             nap = min(remaining, HINT_FOLLOW_S if self._hints_active else STOP_CHECK_S)
-            if listener.wait(nap) or self._hints_active:
+            if listener.wait(nap):
+                if wait(settings.SYNC_HINT_BATCH_S):
+                    return True
+                self.step_hints()
+            elif self._hints_active:
                 self.step_hints()
             if wait(0):
                 return True
+            mode = self.mode
+            if self._check_feed():
+                log.info("the trace receiver dropped hints (queue full): scanning now")
+                return False
+            if mode != self.mode and self.report is not None:
+                deadline = started + self._interval_for(self.report)
         return False
 
     def _after_step(self, *, changed: bool) -> None:

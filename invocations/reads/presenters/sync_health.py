@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 
 from invocations.mirror.models import SyncState
+from invocations.reads.selectors.sync_state import deadlocks_now_count, sync_state_get, trace_feed_get
 
 # Stale once this many expected gaps between successful steps have passed without one.
 STALE_AFTER_INTERVALS = 3
@@ -58,3 +60,14 @@ def sync_health(sync: SyncState, now: datetime) -> SyncHealth:
         stale_in_s=round((stale_after - now).total_seconds(), 3) if stale_after else None,
         failing_since=failing_since,
     )
+
+
+def sync_line_context(sync: SyncState | None = None, *, now: datetime) -> dict[str, Any]:
+    """What the header's sync line is drawn from, on a page and in a live update alike."""
+    sync = sync or sync_state_get()
+    return {
+        "sync": sync,
+        "sync_health": sync_health(sync, now),
+        "deadlocks_now": deadlocks_now_count(),
+        "trace_feed": trace_feed_get(),
+    }

@@ -1,0 +1,80 @@
+"""Pushed, not polled, in the browser: the dashboard's Daphne is also the receiver the
+session's Restate exports its spans to; a real `sync_restate` polls only every 5 minutes,
+so a row that changes status in place within seconds was carried by the spans' hints.
+The sync line says the mirror is in push mode."""
+
+# ruff: noqa: F811  (the fixtures imported from test_browser are parameters here, as pytest wants)
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import override_settings
+from playwright.sync_api import expect
+
+from demo.stack import start_web
+from invocations.mirror.models import FeedMode, Invocation, SyncState
+from invocations.restate import RestateClient
+from tests.conftest import TRACES_TOKEN
+from tests.test_browser import PASSWORD, page, redis_url  # noqa: F401  (fixtures used by name)
+from tests.test_browser_live import mark_page, off_loop, same_document
+from tests.test_trace_feed_restate import _database_url, start_sync, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+
+@pytest.fixture
+def web(transactional_db: None, redis_url: str, tmp_path: Path, demo_stack: Any, traces_port: int) -> Iterator[str]:
+    """The pages and /v1/traces, on the port the session's Restate exports to."""
+    User.objects.create_user("browser", password=PASSWORD)
+    env = {
+        "DATABASE_URL": _database_url(),
+        "REDIS_URL": redis_url,
+        "RESTATE_ADMIN_URL": demo_stack.admin_url,
+        "RESTATE_INGRESS_URL": demo_stack.ingress_url,
+        "TRACES_TOKEN": TRACES_TOKEN,
+    }
+    server = start_web(traces_port, tmp_path / "daphne.log", env)
+    layers = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}}
+    with override_settings(CHANNEL_LAYERS=layers):
+        yield f"http://127.0.0.1:{traces_port}"
+    server.stop()
+
+
+def test_a_row_turns_completed_in_place_carried_by_spans_while_the_poll_waits_minutes(
+    page: Any, web: str, restate: RestateClient, demo_stack: Any, redis_url: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "sync.log"
+    minutes = {"SYNC_MIN_INTERVAL_S": "300", "SYNC_MAX_INTERVAL_S": "300", "SYNC_SAFETY_NET_S": "300"}
+    sync = start_sync(tmp_path, demo_stack, REDIS_URL=redis_url, **minutes)
+    try:
+        off_loop(lambda: wait_until(lambda: SyncState.objects.filter(last_success_at__isnull=False).exists(),
+                                    timeout=60, what="the first step", log=log))  # fmt: skip
+        restate.call("Greeter", "greet", payload="wake the feed")
+        off_loop(lambda: wait_until(lambda: SyncState.objects.filter(feed_mode=FeedMode.PUSH).exists(),
+                                    timeout=15, what="push mode", log=log))  # fmt: skip
+        steps = off_loop(lambda: SyncState.objects.get().last_success_at)
+
+        nap = restate.send("Sleeper", "nap", payload=0.08)  # ~5 s
+        off_loop(lambda: wait_until(lambda: Invocation.objects.filter(id=nap, status="running").exists(),
+                                    timeout=5, what="the nap, running, through its start span", log=log))  # fmt: skip
+        page.goto(f"{web}/invocations/?service=Sleeper")
+        page.wait_for_selector("#live[data-state=live]")
+        expect(page.locator("#feed-mode")).to_have_attribute("data-mode", "push")
+        expect(page.locator("#feed-mode")).to_contain_text("Live from Restate's spans")
+        row = f"#row-{nap}"
+        expect(page.locator(f"{row} .status")).to_have_text("running")
+        mark_page(page)
+
+        t0 = time.monotonic()
+        expect(page.locator(f"{row} .status")).to_have_text("completed", timeout=20_000)
+        assert same_document(page), "the row changed in place, not by a reload"
+        assert off_loop(lambda: SyncState.objects.get().last_success_at) == steps, "no full step ran meanwhile"
+        waited = time.monotonic() - t0
+        assert waited < 15, f"{waited:.1f}s"
+    finally:
+        sync.stop()

@@ -1,0 +1,177 @@
+"""The push feed end to end, with the real parts: the session's restate-server exports its
+spans to a Daphne serving /v1/traces (started here on the port Restate was told), and a
+real `manage.py sync_restate` reads the hints. Poll intervals are set to minutes where
+only the hint path may explain what the test sees."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from demo.stack import ManagedProcess, spawn, start_web
+from invocations.mirror.models import FeedMode, Invocation, SyncState, TraceFeed
+from invocations.restate import RestateClient
+from tests.conftest import TRACES_TOKEN
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    return f"postgresql://{db['USER']}:@/{db['NAME']}?host={db['HOST']}"
+
+
+def start_receiver(port: int, log_path: Path) -> ManagedProcess:
+    return start_web(port, log_path, {"DATABASE_URL": _database_url(), "TRACES_TOKEN": TRACES_TOKEN})
+
+
+@pytest.fixture
+def receiver(traces_port: int, tmp_path: Path, demo_stack: Any) -> Iterator[ManagedProcess]:
+    proc = start_receiver(traces_port, tmp_path / "receiver.log")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def start_sync(tmp_path: Path, demo_stack: Any, **env: str) -> ManagedProcess:
+    return spawn(
+        "sync_restate",
+        [sys.executable, "manage.py", "sync_restate"],
+        tmp_path / "sync.log",
+        {
+            "DATABASE_URL": _database_url(),
+            "RESTATE_ADMIN_URL": demo_stack.admin_url,
+            "RESTATE_INGRESS_URL": demo_stack.ingress_url,
+            **env,
+        },
+    )
+
+
+def wait_until(condition: Callable[[], Any], *, timeout: float, what: str, log: Path | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.02)
+    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+
+
+def state() -> SyncState:
+    return SyncState.objects.get(id=1)
+
+
+def first_step_done() -> bool:
+    return SyncState.objects.filter(id=1, last_success_at__isnull=False).exists()
+
+
+def in_push_mode() -> bool:
+    return SyncState.objects.filter(id=1, feed_mode=FeedMode.PUSH).exists()
+
+
+def test_hints_reach_the_mirror_within_a_second_while_the_poll_waits_minutes(
+    receiver: ManagedProcess, restate: RestateClient, demo_stack: Any, tmp_path: Path
+) -> None:
+    minutes = {"SYNC_MIN_INTERVAL_S": "300", "SYNC_MAX_INTERVAL_S": "300", "SYNC_SAFETY_NET_S": "300"}
+    sync = start_sync(tmp_path, demo_stack, **minutes)
+    log = tmp_path / "sync.log"
+    scheduled: list[str] = []
+    try:
+        wait_until(first_step_done, timeout=60, what="the first step", log=log)
+        # Spans start the push mode (the first step polled: no span had arrived yet).
+        restate.call("Greeter", "greet", payload="wake the feed")
+        wait_until(in_push_mode, timeout=15, what="push mode", log=log)
+        steps = state().last_success_at
+
+        root = restate.send("Orchestrator", "call_all", payload="pushed")
+        rows = wait_until(
+            lambda: Invocation.objects.filter(root_id=root, status="completed").count() == 4,
+            timeout=10,
+            what="the tree, completed, in our copy",
+            log=log,
+        )
+        assert rows
+        theirs = {r["id"]: r for r in restate.query(f"SELECT id, completed_at FROM sys_invocation WHERE id = '{root}'")}
+        ours = Invocation.objects.get(id=root)
+        lag = (ours.synced_at - ours.completed_at).total_seconds()
+        assert theirs[root]["id"] == root
+        assert lag < 1.0, f"the root's completion reached our copy {lag:.2f}s after Restate's"
+
+        # A delayed send announces nothing until it fires; its sender's journal names it.
+        sender = restate.send("Orchestrator", "later", payload={"seconds": [3600]})
+        child = wait_until(
+            lambda: Invocation.objects.filter(parent_id=sender, status="scheduled").first(),
+            timeout=5,
+            what="the scheduled child, through its sender's hint",
+            log=log,
+        )
+        scheduled.append(child.id)
+
+        assert state().last_success_at == steps, "a full step ran: the hint path alone must explain this"
+        feed = TraceFeed.objects.get()
+        assert feed.spans > 0 and feed.ids_hinted > 0 and feed.refused == 0
+    finally:
+        sync.stop()
+        for inv in scheduled:
+            restate.kill(inv)
+
+
+def test_spans_lost_on_the_way_are_caught_by_the_safety_net(
+    receiver: ManagedProcess, restate: RestateClient, demo_stack: Any, traces_port: int, tmp_path: Path
+) -> None:
+    sync = start_sync(
+        tmp_path, demo_stack, SYNC_MIN_INTERVAL_S="300", SYNC_MAX_INTERVAL_S="300",
+        SYNC_SAFETY_NET_S="4", SYNC_PUSH_QUIET_S="600",
+    )  # fmt: skip
+    log = tmp_path / "sync.log"
+    try:
+        wait_until(first_step_done, timeout=60, what="the first step", log=log)
+        restate.call("Greeter", "greet", payload="wake the feed")
+        wait_until(in_push_mode, timeout=15, what="push mode", log=log)
+        receiver.stop()  # Restate's exports now fail: these spans are lost
+        lost = restate.send("Greeter", "greet", payload="nobody hears this span")
+        wait_until(
+            lambda: Invocation.objects.filter(id=lost, status="completed").exists(),
+            timeout=12,
+            what="the invocation whose spans were lost, found by the safety-net scan",
+            log=log,
+        )
+        assert in_push_mode(), "one lost export is not a reason to leave push mode"
+        # Written right after the step's own commit.
+        wait_until(lambda: (state().last_net_changed or 0) >= 1, timeout=2, what="the safety net's catch, recorded")
+    finally:
+        sync.stop()
+
+
+def test_when_spans_stop_the_mirror_falls_back_to_polling_by_itself(
+    receiver: ManagedProcess, restate: RestateClient, demo_stack: Any, tmp_path: Path
+) -> None:
+    sync = start_sync(
+        tmp_path, demo_stack, SYNC_MIN_INTERVAL_S="0.5", SYNC_MAX_INTERVAL_S="1",
+        SYNC_SAFETY_NET_S="300", SYNC_PUSH_QUIET_S="2",
+    )  # fmt: skip
+    log = tmp_path / "sync.log"
+    try:
+        wait_until(first_step_done, timeout=60, what="the first step", log=log)
+        restate.call("Greeter", "greet", payload="wake the feed")
+        wait_until(in_push_mode, timeout=15, what="push mode", log=log)
+        receiver.stop()
+        wait_until(lambda: not in_push_mode(), timeout=10, what="the fall back to polling", log=log)
+        assert state().feed_mode_since is not None
+        # Polling again: a change no span announces is seen at the polling pace, not in 300 s.
+        polled = restate.send("Greeter", "greet", payload="polled")
+        wait_until(
+            lambda: Invocation.objects.filter(id=polled, status="completed").exists(),
+            timeout=6,
+            what="a change seen by polling",
+            log=log,
+        )
+    finally:
+        sync.stop()
