@@ -199,7 +199,7 @@ TRACES_HINT_QUEUE_MAX = env_int("TRACES_HINT_QUEUE_MAX", 50_000)
 SYNC_SAFETY_NET_S = env_float("SYNC_SAFETY_NET_S", 30.0, minimum=0.1)
 # No span for this long: back to adaptive polling (the pages say which mode).
 SYNC_PUSH_QUIET_S = env_float("SYNC_PUSH_QUIET_S", 60.0, minimum=0.1)
-# Hint passes wait this long after a wake-up, so one read to Restate serves a burst of spans.
+# Hint passes are at least this far apart, so one read to Restate serves a burst of spans.
 SYNC_HINT_BATCH_S = env_float("SYNC_HINT_BATCH_S", 0.05)
 # A span's id is re-read once; a longer follow re-reads it for this long (0: once).
 SYNC_SPAN_FOLLOW_S = env_float("SYNC_SPAN_FOLLOW_S", 0.0)

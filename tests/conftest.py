@@ -15,7 +15,6 @@ import pytest
 from invocations.mirror.sync.engine import StepReport, SyncEngine
 from invocations.restate import RestateClient
 
-
 # The token the session's Restate sends with its spans (as `make run` does with its own).
 TRACES_TOKEN = "test-traces-token"
 

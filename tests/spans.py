@@ -63,8 +63,7 @@ def export_json(*spans: Span) -> bytes:
                                 "endTimeUnixNano": str(s.end_time_unix_nano),
                                 "status": {"code": s.status.code},
                                 "attributes": [
-                                    {"key": a.key, "value": {"stringValue": a.value.string_value}}
-                                    for a in s.attributes
+                                    {"key": a.key, "value": {"stringValue": a.value.string_value}} for a in s.attributes
                                 ],
                             }
                             for s in spans

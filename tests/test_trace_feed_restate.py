@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from django.db import connection
 
 from demo.stack import ManagedProcess, spawn, start_web
-from invocations.mirror.models import FeedMode, Invocation, SyncState, TraceFeed
+from invocations.mirror.models import FeedMode, Invocation, ObjectLock, QueuedInvocation, SyncState, TraceFeed
 from invocations.restate import RestateClient
 from tests.conftest import TRACES_TOKEN
 
@@ -64,6 +65,20 @@ def wait_until(condition: Callable[[], Any], *, timeout: float, what: str, log: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
 
 
+@contextmanager
+def pushing_sync(tmp_path: Path, demo_stack: Any, restate: RestateClient, **env: str) -> Iterator[Path]:
+    """A sync process past its first step and in push mode (a span woke the feed); yields its log."""
+    sync = start_sync(tmp_path, demo_stack, **env)
+    log = tmp_path / "sync.log"
+    try:
+        wait_until(first_step_done, timeout=60, what="the first step", log=log)
+        restate.call("Greeter", "greet", payload="wake the feed")
+        wait_until(in_push_mode, timeout=15, what="push mode", log=log)
+        yield log
+    finally:
+        sync.stop()
+
+
 def state() -> SyncState:
     return SyncState.objects.get(id=1)
 
@@ -80,61 +95,74 @@ def test_hints_reach_the_mirror_within_a_second_while_the_poll_waits_minutes(
     receiver: ManagedProcess, restate: RestateClient, demo_stack: Any, tmp_path: Path
 ) -> None:
     minutes = {"SYNC_MIN_INTERVAL_S": "300", "SYNC_MAX_INTERVAL_S": "300", "SYNC_SAFETY_NET_S": "300"}
-    sync = start_sync(tmp_path, demo_stack, **minutes)
-    log = tmp_path / "sync.log"
     scheduled: list[str] = []
     try:
-        wait_until(first_step_done, timeout=60, what="the first step", log=log)
-        # Spans start the push mode (the first step polled: no span had arrived yet).
-        restate.call("Greeter", "greet", payload="wake the feed")
-        wait_until(in_push_mode, timeout=15, what="push mode", log=log)
-        steps = state().last_success_at
+        with pushing_sync(tmp_path, demo_stack, restate, **minutes) as log:
+            steps = state().last_success_at
 
-        root = restate.send("Orchestrator", "call_all", payload="pushed")
-        rows = wait_until(
-            lambda: Invocation.objects.filter(root_id=root, status="completed").count() == 4,
-            timeout=10,
-            what="the tree, completed, in our copy",
-            log=log,
-        )
-        assert rows
-        theirs = {r["id"]: r for r in restate.query(f"SELECT id, completed_at FROM sys_invocation WHERE id = '{root}'")}
-        ours = Invocation.objects.get(id=root)
-        lag = (ours.synced_at - ours.completed_at).total_seconds()
-        assert theirs[root]["id"] == root
-        assert lag < 1.0, f"the root's completion reached our copy {lag:.2f}s after Restate's"
+            root = restate.send("Orchestrator", "call_all", payload="pushed")
+            rows = wait_until(
+                lambda: Invocation.objects.filter(root_id=root, status="completed").count() == 4,
+                timeout=10,
+                what="the tree, completed, in our copy",
+                log=log,
+            )
+            assert rows
+            theirs = {
+                r["id"]: r for r in restate.query(f"SELECT id, completed_at FROM sys_invocation WHERE id = '{root}'")
+            }
+            ours = Invocation.objects.get(id=root)
+            lag = (ours.synced_at - ours.completed_at).total_seconds()
+            assert theirs[root]["id"] == root
+            assert lag < 1.0, f"the root's completion reached our copy {lag:.2f}s after Restate's"
 
-        # A delayed send announces nothing until it fires; its sender's journal names it.
-        sender = restate.send("Orchestrator", "later", payload={"seconds": [3600]})
-        child = wait_until(
-            lambda: Invocation.objects.filter(parent_id=sender, status="scheduled").first(),
-            timeout=5,
-            what="the scheduled child, through its sender's hint",
-            log=log,
-        )
-        scheduled.append(child.id)
+            # A delayed send announces nothing until it fires; its sender's journal names it.
+            sender = restate.send("Orchestrator", "later", payload={"seconds": [3600]})
+            child = wait_until(
+                lambda: Invocation.objects.filter(parent_id=sender, status="scheduled").first(),
+                timeout=5,
+                what="the scheduled child, through its sender's hint",
+                log=log,
+            )
+            scheduled.append(child.id)
 
-        assert state().last_success_at == steps, "a full step ran: the hint path alone must explain this"
-        feed = TraceFeed.objects.get()
-        assert feed.spans > 0 and feed.ids_hinted > 0 and feed.refused == 0
+            # A call queued behind a key's holder: its ingress span names it, and the holder's hint
+            # re-reads the key's queue (the lock hand-over is in no span of its own).
+            key = f"pushed-{time.time_ns()}"
+            holder = restate.send("Worker", "work", key=key, payload=3.0)
+            queued = restate.send("Worker", "work", key=key, payload=0.1)
+            wait_until(
+                lambda: (
+                    QueuedInvocation.objects.filter(invocation_id=queued, service_key=key).exists()
+                    and ObjectLock.objects.filter(service_key=key, invocation_id=holder).exists()
+                ),
+                timeout=3,
+                what="the queue and its holder, through hints",
+                log=log,
+            )
+            wait_until(
+                lambda: (
+                    Invocation.objects.filter(id__in=[holder, queued], status="completed").count() == 2
+                    and not QueuedInvocation.objects.filter(service_key=key).exists()
+                ),
+                timeout=10,
+                what="the queue drained, through hints",
+                log=log,
+            )
+
+            assert state().last_success_at == steps, "a full step ran: the hint path alone must explain this"
+            feed = TraceFeed.objects.get()
+            assert feed.spans > 0 and feed.ids_hinted > 0 and feed.refused == 0
     finally:
-        sync.stop()
         for inv in scheduled:
             restate.kill(inv)
 
 
 def test_spans_lost_on_the_way_are_caught_by_the_safety_net(
-    receiver: ManagedProcess, restate: RestateClient, demo_stack: Any, traces_port: int, tmp_path: Path
+    receiver: ManagedProcess, restate: RestateClient, demo_stack: Any, tmp_path: Path
 ) -> None:
-    sync = start_sync(
-        tmp_path, demo_stack, SYNC_MIN_INTERVAL_S="300", SYNC_MAX_INTERVAL_S="300",
-        SYNC_SAFETY_NET_S="4", SYNC_PUSH_QUIET_S="600",
-    )  # fmt: skip
-    log = tmp_path / "sync.log"
-    try:
-        wait_until(first_step_done, timeout=60, what="the first step", log=log)
-        restate.call("Greeter", "greet", payload="wake the feed")
-        wait_until(in_push_mode, timeout=15, what="push mode", log=log)
+    env = {"SYNC_MIN_INTERVAL_S": "300", "SYNC_MAX_INTERVAL_S": "300", "SYNC_SAFETY_NET_S": "4"}
+    with pushing_sync(tmp_path, demo_stack, restate, SYNC_PUSH_QUIET_S="600", **env) as log:
         receiver.stop()  # Restate's exports now fail: these spans are lost
         lost = restate.send("Greeter", "greet", payload="nobody hears this span")
         wait_until(
@@ -146,22 +174,13 @@ def test_spans_lost_on_the_way_are_caught_by_the_safety_net(
         assert in_push_mode(), "one lost export is not a reason to leave push mode"
         # Written right after the step's own commit.
         wait_until(lambda: (state().last_net_changed or 0) >= 1, timeout=2, what="the safety net's catch, recorded")
-    finally:
-        sync.stop()
 
 
 def test_when_spans_stop_the_mirror_falls_back_to_polling_by_itself(
     receiver: ManagedProcess, restate: RestateClient, demo_stack: Any, tmp_path: Path
 ) -> None:
-    sync = start_sync(
-        tmp_path, demo_stack, SYNC_MIN_INTERVAL_S="0.5", SYNC_MAX_INTERVAL_S="1",
-        SYNC_SAFETY_NET_S="300", SYNC_PUSH_QUIET_S="2",
-    )  # fmt: skip
-    log = tmp_path / "sync.log"
-    try:
-        wait_until(first_step_done, timeout=60, what="the first step", log=log)
-        restate.call("Greeter", "greet", payload="wake the feed")
-        wait_until(in_push_mode, timeout=15, what="push mode", log=log)
+    env = {"SYNC_MIN_INTERVAL_S": "0.5", "SYNC_MAX_INTERVAL_S": "1", "SYNC_SAFETY_NET_S": "300"}
+    with pushing_sync(tmp_path, demo_stack, restate, SYNC_PUSH_QUIET_S="2", **env) as log:
         receiver.stop()
         wait_until(lambda: not in_push_mode(), timeout=10, what="the fall back to polling", log=log)
         assert state().feed_mode_since is not None
@@ -173,5 +192,3 @@ def test_when_spans_stop_the_mirror_falls_back_to_polling_by_itself(
             what="a change seen by polling",
             log=log,
         )
-    finally:
-        sync.stop()

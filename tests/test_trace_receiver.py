@@ -142,3 +142,22 @@ def test_the_hint_queue_is_bounded_and_what_it_drops_is_counted() -> None:
     assert feed.last_dropped_at is not None
     # Every span is still kept for the pages: only the hint queue is bounded.
     assert InvocationSpan.objects.count() == 25 + 7
+
+
+def test_spans_are_kept_for_a_while_and_up_to_a_number() -> None:
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from invocations.mirror import feed
+
+    assert post(export_body(*[restate_span("invocation-attempt", INV) for _ in range(6)])).status_code == 200
+    old = list(InvocationSpan.objects.order_by("id").values_list("id", flat=True)[:2])
+    InvocationSpan.objects.filter(id__in=old).update(received_at=timezone.now() - timedelta(days=8))
+    with override_settings(SPANS_KEEP_S=7 * 86400, SPANS_MAX_ROWS=3):
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {InvocationSpan._meta.db_table}")  # the cap reads the planner's estimate
+        assert feed.spans_prune() == 3
+    kept = list(InvocationSpan.objects.order_by("id").values_list("id", flat=True))
+    assert len(kept) == 3 and not set(old) & set(kept), "the expired went first, then the oldest past the cap"

@@ -267,7 +267,7 @@ class SyncEngine:
             report.reconcile = self._reconcile(changes)
         report.roots_resolved = self._resolve_roots(changes)
         self._sync_journals(report, changes)
-        self._sync_promises_of(changes)
+        self._sync_promises_of(list(changes.ids), overflow=changes.overflow)
         if state.queue_tables == SyncState.QueueTables.VQUEUES:
             self._sync_vqueues(report, changes)
         else:
@@ -351,23 +351,31 @@ class SyncEngine:
             self._read_by_id(ids, report, changes)
             hints.hints_read(ids, taken_at=taken_at)
             self._resolve_roots(changes)
-            journal = StepReport()
-            self._sync_journals(journal, changes)
-            report.journal_entries = journal.journal_entries
-            callees = self._unknown_callees(ids)
-            if callees:
-                report.callees = len(callees)
-                self._read_by_id(callees, report, changes, mark_gone=False)
-                self._resolve_roots(changes)
-                self._sync_journals(journal, changes)
-            if changes:
-                self._sync_promises_of(changes)
-                self._sync_queues_of(changes, journal)
             if changes:
                 SyncState.objects.filter(id=1).update(last_hint_at=self.clock())
         finally:
+            # The new status first: what the pages wait for should not wait for the journals.
             if changes:
                 changes.broadcast()
+        more = Changes()
+        journal = StepReport()
+        try:
+            self._sync_journals(journal, more)
+            callees = self._unknown_callees(ids)
+            if callees:
+                report.callees = len(callees)
+                self._read_by_id(callees, report, more, mark_gone=False)
+                self._resolve_roots(more)
+                self._sync_journals(journal, more)
+            changed_ids = [*changes.ids, *more.ids]
+            overflow = changes.overflow or more.overflow
+            if changed_ids or overflow:
+                self._sync_promises_of(changed_ids, overflow=overflow)
+                self._sync_queues_of(changed_ids, overflow=overflow, changes=more, report=journal)
+        finally:
+            if more:
+                more.broadcast()
+        report.journal_entries = journal.journal_entries
         report.queue_keys_changed = journal.queue_keys_changed
         report.duration_s = time.monotonic() - t0
         return report
@@ -394,7 +402,7 @@ class SyncEngine:
         unknown = edges.exclude(Exists(known)).values_list("callee_id", flat=True)
         return sorted({callee for callee in unknown[:IDS_PER_QUERY] if callee})
 
-    def _sync_queues_of(self, changes: Changes, report: StepReport) -> None:
+    def _sync_queues_of(self, ids: list[str], *, overflow: bool, changes: Changes, report: StepReport) -> None:
         """Re-read object queues and locks after a hint pass changed an invocation on an
         object or workflow key: a lock hand-over or a queue entry starting is in no span
         of its own. The snapshot is of Restate's queue tables, whose size is the keys in
@@ -402,8 +410,8 @@ class SyncEngine:
         now = time.monotonic()
         if self._last_hint_queues is not None and now - self._last_hint_queues < QUEUES_HINT_MIN_S:
             return
-        keyed = Invocation.objects.filter(id__in=list(changes.ids)[:IDS_PER_QUERY], service_key__isnull=False)
-        if not changes.overflow and not keyed.exists():
+        keyed = Invocation.objects.filter(id__in=ids[:IDS_PER_QUERY], service_key__isnull=False)
+        if not overflow and not keyed.exists():
             return
         self._last_hint_queues = now
         if SyncState.objects.filter(queue_tables=SyncState.QueueTables.VQUEUES).exists():
@@ -718,16 +726,16 @@ class SyncEngine:
         self._write_queues(inbox, locks, report, changes)
         report.truncated.update(queues_truncated=inbox_cut, locks_truncated=locks_cut)
 
-    def _sync_promises_of(self, changes: Changes) -> None:
+    def _sync_promises_of(self, ids: list[str], *, overflow: bool) -> None:
         """Re-read the durable promises of the workflow ids whose invocations this step changed.
 
         The whole promise table is read with the slow tables (every `slow_every`); without
         this a run seen completed could sit beside its promise still pending for that long.
         A promise is resolved by an invocation on its workflow id (`confirm`), or by the run
         itself, so a change of one of those is when to look."""
-        if not changes.ids or changes.overflow:
+        if not ids or overflow:
             return  # a first load: the slow tables read every promise in this step or the next
-        workflows = Invocation.objects.filter(id__in=list(changes.ids), service_type="workflow")
+        workflows = Invocation.objects.filter(id__in=ids, service_type="workflow")
         keys = sorted({(s, k) for s, k in workflows.values_list("service_name", "service_key") if k is not None})
         if not keys:
             return
