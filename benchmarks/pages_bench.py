@@ -355,7 +355,7 @@ def time_tree(root_id: str, reps: int) -> TreeTimes:
 
     from invocations.graph import trees
     from invocations.reads.presenters.detail import detail_context
-    from invocations.reads.presenters.waterfall import waterfall_rows
+    from invocations.reads.presenters.waterfall import Axis, waterfall_rows
     from invocations.reads.selectors import detail as selectors_detail
 
     inv = selectors_detail.invocation_get(root_id)
@@ -365,7 +365,7 @@ def time_tree(root_id: str, reps: int) -> TreeTimes:
             "tree_get (2 queries, rows decoded by the ORM)",
             "trees.build_tree",
             "trees.flatten",
-            "rows: waterfall_rows + _waterfall.html#rows",
+            "rows: waterfall_rows (with its one spans query) + _waterfall.html#rows",
             "detail_context (all of the above + header, journal)",
             "render_to_string(#tree) alone",
             "#tree partial: detail_context + render",
@@ -383,7 +383,9 @@ def time_tree(root_id: str, reps: int) -> TreeTimes:
         t2 = time.perf_counter()
         rows = trees.flatten(tree, now=now, current_id=inv.id)
         t3 = time.perf_counter()
-        render_to_string("invocations/_waterfall.html#rows", {"rows": waterfall_rows(rows)})
+        render_to_string(
+            "invocations/_waterfall.html#rows", {"rows": waterfall_rows(rows, Axis(tree.start, tree.end, now))}
+        )
         t4 = time.perf_counter()
         context = detail_context(root_id)
         t5 = time.perf_counter()

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from invocations.mirror.models import Invocation, InvocationEdge, JournalEntry
+from invocations.mirror.models import Invocation, InvocationEdge, InvocationSpan, JournalEntry
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 _serial = itertools.count(1)
@@ -123,4 +123,36 @@ def build_journal_entry(invocation: Invocation, index: int, entry_type: str, **e
         appended_at=invocation.created_at + timedelta(milliseconds=index),
         entry={section: {kind: entry}},
         entry_lite={section: {kind: {k: v for k, v in entry.items() if k != "payload"}}},
+    )
+
+
+def build_span(
+    invocation: Invocation | str,
+    start_ms: float,
+    end_ms: float,
+    *,
+    kind: str = "attempt",
+    error: str | None = None,
+    deployment_id: str = "dp_14ebMt9tPSDh9vwDbanWEkL",
+    deployment_address: str = "http://127.0.0.1:9080/",
+    result: str = "",
+) -> InvocationSpan:
+    """An unsaved span of `invocation` as Restate 1.7.12 exports it, `start_ms`..`end_ms` after
+    its creation (T0 for an id): an attempt fails with status ERROR and its message."""
+    inv_id = invocation.id if isinstance(invocation, Invocation) else invocation
+    created = invocation.created_at if isinstance(invocation, Invocation) else T0
+    n = next(_serial)
+    return InvocationSpan(
+        invocation_id=inv_id,
+        kind=kind,
+        trace_id=f"{n:032x}",
+        span_id=f"{n:016x}",
+        started_at=created + timedelta(milliseconds=start_ms),
+        ended_at=created + timedelta(milliseconds=end_ms),
+        status=InvocationSpan.Status.ERROR if error is not None else InvocationSpan.Status.OK,
+        status_message=error or "",
+        deployment_id=deployment_id if kind == "attempt" else "",
+        deployment_address=deployment_address if kind == "attempt" else "",
+        result=result,
+        received_at=created + timedelta(milliseconds=end_ms + 60),
     )

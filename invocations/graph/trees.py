@@ -47,6 +47,7 @@ ROW_FIELDS = (
     "running_at",
     "completed_at",
     "scheduled_start_at",
+    "inboxed_at",
     "retry_count",
     "gone_from_restate_at",
 )
@@ -64,6 +65,7 @@ class Node:
     completed_at: datetime | None = None
     running_at: datetime | None = None
     scheduled_start_at: datetime | None = None
+    inboxed_at: datetime | None = None
     completion_result: str | None = None
     completion_failure: str | None = None
     retry_count: int = 0
@@ -137,6 +139,10 @@ def _get(row: Any, name: str) -> Any:
     return row[name] if isinstance(row, Mapping) else getattr(row, name)
 
 
+def _has(row: Any, name: str) -> bool:
+    return name in row if isinstance(row, Mapping) else hasattr(row, name)
+
+
 def _child_order(node: Node) -> tuple[int, int, datetime, str]:
     # Journal order is the order the caller issued calls/sends; nodes without an
     # edge (journal not synced yet) come after, by creation time.
@@ -171,6 +177,7 @@ def build_tree(
             completed_at=_get(r, "completed_at"),
             running_at=_get(r, "running_at"),
             scheduled_start_at=_get(r, "scheduled_start_at"),
+            inboxed_at=_get(r, "inboxed_at") if _has(r, "inboxed_at") else None,
             completion_result=_get(r, "completion_result"),
             completion_failure=_get(r, "completion_failure"),
             retry_count=_get(r, "retry_count") or 0,

@@ -18,7 +18,7 @@ from invocations.reads.selectors import detail as selectors_detail
 from invocations.views.errors import bad_request, not_found
 from invocations.views.http import HtmxHttpRequest
 
-PARTIALS = {"header", "tree", "journal"}
+PARTIALS = {"header", "attempts", "tree", "journal"}
 
 
 def _not_found(request: HttpRequest, invocation_id: str) -> HttpResponse:

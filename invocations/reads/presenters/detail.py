@@ -1,4 +1,4 @@
-"""Everything the detail page and its partials (`header`, `tree`, `journal`) need,
+"""Everything the detail page and its partials (`header`, `attempts`, `tree`, `journal`) need,
 built once, so a live update re-renders a partial with the same context the page used."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from invocations.reads.presenters.attempts import attempts_view, legend
 from invocations.reads.presenters.deadlocks import deadlock_banners
 from invocations.reads.presenters.invocation import SERVICE_TYPE_LABELS, idempotency_origin
 from invocations.reads.presenters.journal import journal_row
@@ -28,7 +29,7 @@ def detail_context(
     """Everything the page and each partial need. Raises InvocationNotFound.
 
     expansions: "show more" rows the reader opened, drawn opened (a live refresh keeps them).
-    journal_rows: False when only the header and the tree are rendered (a live refresh).
+    journal_rows: False when only the header, the attempts and the tree are rendered (a live refresh).
     """
     now = timezone.now()
     inv = selectors_detail.invocation_get(invocation_id)
@@ -53,6 +54,8 @@ def detail_context(
         "output": output_result(output_entry),
         "journal": journal,
         "journal_rows": [journal_row(e) for e in journal.entries] if journal_rows else [],
+        "attempts": attempts_view(inv, now=now),
+        "attempt_legend": legend(),
         "tree": tree_view(inv, now, expansions),
         "deadlock_banners": deadlock_banners(invocation_id=inv.id, root_id=inv.root_id),
         **queue_facts(inv),
@@ -68,7 +71,7 @@ LIVE_CACHE_S = 5
 def detail_live_html(
     invocation_id: str, *, expansions: list[Expansion], fresh_after: float, can_operate: bool = False
 ) -> str:
-    """The header and the tree as out-of-band swaps, from a render that started at or
+    """The header, the attempts and the tree as out-of-band swaps, from a render that started at or
     after `fresh_after` (epoch seconds): a cached one when it is that recent, else a new
     one, made once for concurrent readers. Raises InvocationNotFound.
 
@@ -84,8 +87,9 @@ def detail_live_html(
             "oob": True,
             "can_operate": can_operate,
         }
-        html = render_to_string("invocations/detail.html#header", context) + render_to_string(
-            "invocations/detail.html#tree", context
+        # Attempts too: the change that announced a new attempt's span redraws its bar.
+        html = "".join(
+            render_to_string(f"invocations/detail.html#{name}", context) for name in ("header", "attempts", "tree")
         )
         return started, html
 

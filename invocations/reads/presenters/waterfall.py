@@ -20,12 +20,15 @@ from typing import Any
 
 from django.urls import reverse
 
+from invocations.graph import attempts as ga
 from invocations.graph import trees
 from invocations.mirror.models import Invocation
 from invocations.mirror.status import COMPLETION_FAILURE, InvocationStatus
+from invocations.reads.presenters.attempts import SegmentView, segment_views, times_of
 from invocations.reads.presenters.formatting import duration, iso_utc, utc_text
 from invocations.reads.presenters.invocation import retries_label
 from invocations.reads.selectors import detail as selectors_detail
+from invocations.reads.selectors.spans import InvocationSpans, attempt_spans
 from invocations.reads.selectors.waits import QueuePlace, queue_places
 
 # "show more" expansions a live refresh re-applies, and the rows they may add: a
@@ -83,6 +86,9 @@ class WaterfallRow:
     run_left: float = 0.0
     run_width: float = 0.0
     beyond: str = ""
+    # With attempt spans kept: the bar split into its waits, each attempt's running time and
+    # the gaps between attempts (backing off, suspended), on the same axis; empty otherwise.
+    segments: tuple[SegmentView, ...] = ()
     # A queued call: its place in its object key's queue, linking to the key's page.
     queue_text: str = ""
     queue_href: str = ""
@@ -115,7 +121,27 @@ def _queue_bits(place: QueuePlace | None) -> tuple[str, str]:
     )
 
 
-def _node_row(r: trees.Row, detail_url: str, place: QueuePlace | None = None) -> WaterfallRow:
+@dataclass(frozen=True, slots=True)
+class Axis:
+    start: datetime | None
+    end: datetime | None
+    now: datetime
+
+
+def _segments(n: trees.Node, spans: InvocationSpans | None, axis: Axis) -> tuple[SegmentView, ...]:
+    if spans is None or not spans.attempts or n.phantom:
+        return ()
+    plan = ga.plan(times_of(n), spans.attempts, now=axis.now, more=spans.more)
+    return tuple(
+        segment_views(
+            plan, axis.start, axis.end, now=axis.now, failed=n.completion_result == COMPLETION_FAILURE, deployment=False
+        )
+    )
+
+
+def _node_row(
+    r: trees.Row, detail_url: str, place: QueuePlace | None = None, segments: tuple[SegmentView, ...] = ()
+) -> WaterfallRow:
     n = r.node
     assert n is not None
     classes = f"wf-row status-{n.status} k-{n.kind}"
@@ -159,6 +185,7 @@ def _node_row(r: trees.Row, detail_url: str, place: QueuePlace | None = None) ->
         run_left=r.run_left,
         run_width=r.run_width,
         beyond=_beyond_text(r),
+        segments=segments,
         queue_text=queue_text,
         queue_href=queue_href,
     )
@@ -174,7 +201,7 @@ def _more_row(r: trees.Row, children_url: str) -> WaterfallRow:
     return WaterfallRow(depth=r.depth, closes=range(r.closes), more=True, url=url, more_text=text)
 
 
-def waterfall_rows(rows: Iterable[trees.Row]) -> list[WaterfallRow]:
+def waterfall_rows(rows: Iterable[trees.Row], axis: Axis) -> list[WaterfallRow]:
     # Reversed once with a placeholder: reverse() per row was a measurable share of 2,000 rows.
     detail_url = reverse("invocations:detail", args=["__ID__"])
     children_url = reverse("invocations:tree_children", args=["__ID__"])
@@ -183,10 +210,16 @@ def waterfall_rows(rows: Iterable[trees.Row]) -> list[WaterfallRow]:
     places = queue_places(
         invocation_ids=[r.node.id for r in rows if r.node is not None and r.node.status == InvocationStatus.PENDING]
     )
-    return [
-        _more_row(r, children_url) if r.is_more else _node_row(r, detail_url, places.get(r.node.id if r.node else ""))
-        for r in rows
-    ]
+    # The attempt spans of every drawn row in one query (never one per row).
+    spans = attempt_spans([r.node.id for r in rows if r.node is not None and not r.node.phantom])
+    out = []
+    for r in rows:
+        if r.node is None:
+            out.append(_more_row(r, children_url))
+        else:
+            segments = _segments(r.node, spans.get(r.node.id), axis) if spans else ()
+            out.append(_node_row(r, detail_url, places.get(r.node.id), segments))
+    return out
 
 
 def expand(
@@ -230,7 +263,7 @@ def tree_view(inv: Invocation, now: datetime, expansions: Iterable[Expansion] = 
     tree, data = selectors_detail.tree_build(inv, now=now)
     rows = expand(tree, trees.flatten(tree, now=now, current_id=inv.id), expansions, now=now)
     return TreeView(
-        rows=waterfall_rows(rows),
+        rows=waterfall_rows(rows, Axis(tree.start, tree.end, now)),
         tree=tree,
         path=tree.path_to(inv.id),
         missing_parent_id=data.missing_parent_id,
@@ -246,7 +279,7 @@ def children_rows(inv: Invocation, *, offset: int, exclude: str | None, now: dat
     return {
         "inv": inv,
         "node": tree.by_id[inv.id],
-        "rows": waterfall_rows(rows),
+        "rows": waterfall_rows(rows, Axis(tree.start, tree.end, now)),
         "offset": offset,
         "now": now,
         "tree": tree,
