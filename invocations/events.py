@@ -130,6 +130,24 @@ def action_committed(*, root_ids: Iterable[str]) -> None:
     _after_commit(send)
 
 
+def spans_arrived(*, root_ids: Iterable[str]) -> None:
+    """New attempt spans for invocations whose row did not change (a poll saw the new state
+    first): the trees redraw their attempt bars. Detail pages only; the list shows no spans."""
+    roots = set(root_ids)
+
+    def send() -> None:
+        try:
+            if len(roots) > MAX_TREE_MESSAGES:
+                _send(ALL_TREES_GROUP, {"type": "tree.changed"})
+                return
+            for root in roots:
+                _send(tree_group(root), {"type": "tree.changed"})
+        except Exception:
+            log.exception("broadcast of arrived spans failed")
+
+    _after_commit(send)
+
+
 def job_progressed(*, job_id: int) -> None:
     """A bulk job's counts or state changed (committed): its page and the history redraw."""
 

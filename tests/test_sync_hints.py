@@ -85,6 +85,32 @@ def test_a_hint_renewed_while_being_read_is_read_again(transactional_db: None) -
     assert hints.hints_due()[0] == []
 
 
+def test_a_span_for_a_row_a_poll_already_saw_still_redraws_its_tree(
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from invocations import events
+    from tests.factories import build_span
+
+    sent: list[str] = []
+    monkeypatch.setattr(events, "_send", lambda group, message: sent.append(group))
+    restate = FakeRestate()
+    restate.add(1, status="completed")
+    restate.add(2, status="completed")
+    engine = fake_engine(restate)
+    engine.sync_once()
+    hints.hints_add([fake_id(2)])
+    engine.sync_hinted()  # nothing changed, no span: a first pass only notes when it read
+    sent.clear()
+
+    span = build_span(fake_id(1), 0, 10)
+    span.received_at = timezone.now()  # it arrives after the poll saw the invocation complete
+    span.save()
+    hints.hints_add([fake_id(1), fake_id(2)])
+    report = engine.sync_hinted()
+    assert report is not None and report.changed == 0
+    assert sent == [events.tree_group(fake_id(1))], "only the tree with a new span redraws"
+
+
 def test_the_listener_wakes_on_commit_not_before(transactional_db: None) -> None:
     from django.db import transaction
 

@@ -42,6 +42,7 @@ from invocations.mirror.models import (
     Deployment,
     Invocation,
     InvocationEdge,
+    InvocationSpan,
     JournalEntry,
     ObjectLock,
     QueuedInvocation,
@@ -204,6 +205,7 @@ class SyncEngine:
         self.clock = clock
         self._last_slow: datetime | None = None
         self._last_hint_queues: float | None = None
+        self._last_hints_taken_at: datetime | None = None
         # The current failure streak, in memory: PostgreSQL may be down when it starts.
         self.failures = 0
         self.failing_since: datetime | None = None
@@ -353,6 +355,17 @@ class SyncEngine:
             self._resolve_roots(changes)
             if changes:
                 SyncState.objects.filter(id=1).update(last_hint_at=self.clock())
+            # A hint whose row had not changed still brought a span (a poll saw the state first):
+            # the trees showing it redraw their attempts.
+            unchanged = [inv_id for inv_id in ids if inv_id not in changes.ids]
+            if unchanged and self._last_hints_taken_at is not None:
+                # Only those with a new span: an action's hint re-reads its ids for seconds.
+                spanned = InvocationSpan.objects.filter(
+                    invocation_id__in=unchanged, received_at__gte=self._last_hints_taken_at
+                ).values("invocation_id")
+                rows = Invocation.objects.filter(id__in=spanned).values_list("id", "root_id")
+                events.spans_arrived(root_ids={root or inv_id for inv_id, root in rows})
+            self._last_hints_taken_at = taken_at
         finally:
             # The new status first: what the pages wait for should not wait for the journals.
             if changes:
