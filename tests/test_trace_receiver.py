@@ -161,3 +161,25 @@ def test_spans_are_kept_for_a_while_and_up_to_a_number() -> None:
         assert feed.spans_prune() == 3
     kept = list(InvocationSpan.objects.order_by("id").values_list("id", flat=True))
     assert len(kept) == 3 and not set(old) & set(kept), "the expired went first, then the oldest past the cap"
+
+
+def test_the_sync_line_says_which_mode_and_why_exports_were_refused() -> None:
+    from django.utils import timezone
+
+    from invocations.live import fragments
+    from invocations.mirror.models import SyncState
+
+    SyncState.objects.create(id=1, last_success_at=timezone.now(), mirrored_as_of=timezone.now())
+    line = fragments.sync_state()
+    assert 'data-mode="poll"' in line and "Polling" in line and "refused" not in line
+
+    assert post(export_body(restate_span("invocation-start", INV)), HTTP_AUTHORIZATION="Bearer nope").status_code == 401
+    line = fragments.sync_state()
+    assert "Trace export refused" in line and "Wrong bearer token" in line
+
+    assert post(export_body(restate_span("invocation-start", INV))).status_code == 200
+    SyncState.objects.filter(id=1).update(feed_mode="push", last_net_changed=2)
+    line = fragments.sync_state()
+    assert 'data-mode="push"' in line and "Live from Restate's spans" in line and "1 span received" in line
+    assert "Trace export refused" not in line, "an export accepted since then: the refusal is history"
+    assert "Full scan" in line and "lag" not in line and "caught 2 changes no span announced" in line
