@@ -174,3 +174,66 @@ def test_a_cancel_reaches_our_copy_within_a_second_while_the_poll_waits_a_minute
     assert not errors, errors
     assert Invocation.objects.get(id=invocation_id).completion_failure == "[409] cancelled"
     assert elapsed < 2.0, f"{elapsed:.2f}s"
+
+
+def test_a_state_read_earlier_never_replaces_one_read_later(transactional_db: None) -> None:
+    """The step's scan and the hint thread write side by side: whichever commits last, the
+    newer state stays (Restate's modified_at, then retry_count at the same modified_at)."""
+    restate = FakeRestate()
+    restate.add(1, status="running")
+    engine = fake_engine(restate)
+    scanned = dict(restate.invocations[fake_id(1)])  # what a slow scan read
+    restate.invocations[fake_id(1)] |= {
+        "status": "completed",
+        "modified_at": scanned["modified_at"] + timedelta(seconds=1),
+    }
+    hints.hints_add([fake_id(1)])
+    engine.sync_hinted()  # the hint read the newer state and wrote first
+    assert engine._upsert_invocations(engine._mapped([scanned])) == [], "the older state was written"
+    assert Invocation.objects.get(id=fake_id(1)).status == "completed"
+
+    retried = dict(restate.invocations[fake_id(1)]) | {"status": "backing-off", "retry_count": 2}
+    engine._upsert_invocations(engine._mapped([retried]))
+    fewer = retried | {"retry_count": 1, "status": "running"}
+    assert engine._upsert_invocations(engine._mapped([fewer])) == []
+    assert Invocation.objects.get(id=fake_id(1)).retry_count == 2
+
+
+def test_a_hint_is_served_while_a_long_step_runs(transactional_db: None) -> None:
+    """Hints have a thread of their own: a full scan (here one that lasts 3 s) does not delay them."""
+    restate = FakeRestate()
+    restate.add(1, status="running")
+    engine = fake_engine(restate)
+    original = engine.sync_once
+    in_step = threading.Event()
+
+    def long_step() -> Any:
+        report = original()
+        in_step.set()
+        time.sleep(3)
+        return report
+
+    engine.sync_once = long_step  # type: ignore[method-assign]
+    loop = SyncLoop(engine)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            loop.run(wait=stop.wait, listener=hints.HintListener())
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert in_step.wait(10)
+        row = restate.invocations[fake_id(1)]
+        row |= {"status": "completed", "modified_at": row["modified_at"] + timedelta(seconds=1)}
+        hints.hints_add([fake_id(1)])
+        t0 = time.monotonic()
+        while not Invocation.objects.filter(id=fake_id(1), status="completed").exists():
+            assert time.monotonic() - t0 < 1.5, "the hint waited for the step"
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(10)

@@ -52,6 +52,7 @@ from invocations.mirror.models import (
 )
 from invocations.mirror.status import NOT_STARTED, QUIET_STATUSES
 from invocations.mirror.sync import hints, mapping
+from invocations.mirror.sync.lock import snapshot_write_lock
 from invocations.mirror.sync.writes import copy_into_temp, drop_temp, replace_all, upsert
 from invocations.restate import QueryError, RestateClient, sql_list, sql_literal
 
@@ -89,6 +90,13 @@ INVOCATION_GUARD_FIELDS = [
     "journal_size", "running_at", "completed_at", "completion_result", "inboxed_at", "scheduled_start_at",
     "pinned_deployment_id",
 ]  # fmt: skip
+# The step and the hint thread write side by side: a row read earlier (a scan) must not
+# replace one read later (a hint). Restate's modified_at never goes back, and a retry
+# raises retry_count without moving it.
+NEWER_STATE_SQL = (
+    "t.modified_at IS NULL OR EXCLUDED.modified_at IS NULL OR EXCLUDED.modified_at > t.modified_at "
+    "OR (EXCLUDED.modified_at = t.modified_at AND EXCLUDED.retry_count >= t.retry_count)"
+)
 # Temp tables of a reconciliation (session-scoped: it commits page by page).
 LISTING_TABLE = "sync_reconcile_listing"
 DIFF_TABLE = "sync_reconcile_diff"
@@ -484,6 +492,7 @@ class SyncEngine:
                 insert_sql={"first_seen_at": "clock_timestamp()", "synced_at": "clock_timestamp()"},
                 update_sql={"synced_at": "clock_timestamp()", "gone_from_restate_at": "NULL"},
                 returning=["id", "root", "created_at"],
+                newer_sql=NEWER_STATE_SQL,
             )
             rollups.mark_dirty(created_at for _, _, created_at in changed)
         return [(inv_id, root_id) for inv_id, root_id, _ in changed]
@@ -699,6 +708,7 @@ class SyncEngine:
         """Replace our queues and locks; the keys whose queue or holder changed are told, and
         so are the trees of every invocation queued on them (their queue position moved)."""
         with transaction.atomic():
+            snapshot_write_lock()
             queued = self._replace_if_changed(QueuedInvocation, inbox)
             held = self._replace_if_changed(ObjectLock, locks)
             keys = {(service, key) for _, service, key, *_ in queued} | {(service, key) for service, key, _ in held}
@@ -764,6 +774,7 @@ class SyncEngine:
         theirs = [mapping.promise_from_row(r) for r in rows]
         fields = [f.attname for f in WorkflowPromise._meta.local_concrete_fields if f.column]
         with transaction.atomic():
+            snapshot_write_lock()
             ours_rows = WorkflowPromise.objects.none()
             for service, ids in by_service.items():
                 ours_rows |= WorkflowPromise.objects.filter(service_name=service, service_key__in=ids)
@@ -779,6 +790,7 @@ class SyncEngine:
         service_rows, services_cut = self._snapshot("SELECT name, revision, public, ty, deployment_id FROM sys_service")
         deployment_rows, deployments_cut = self._snapshot("SELECT id, ty, endpoint, created_at FROM sys_deployment")
         with transaction.atomic():
+            snapshot_write_lock()
             promised = self._replace_if_changed(WorkflowPromise, [mapping.promise_from_row(r) for r in promise_rows])
             events.promises_changed(keys={(service, key) for service, key, *_ in promised})
             self._replace_if_changed(Service, [mapping.service_from_row(r) for r in service_rows])

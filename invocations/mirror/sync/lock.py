@@ -23,6 +23,17 @@ log = logging.getLogger(__name__)
 # Any constant bigint, the same for every replica (advisory locks are per database);
 # derived from a name so it does not collide with another app's small integers.
 SYNC_ENGINE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"restate-dashboard sync engine").digest()[:8], "big", signed=True)
+SNAPSHOT_WRITE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"restate-dashboard snapshots").digest()[:8], "big", signed=True)
+
+
+def snapshot_write_lock() -> None:
+    """Serialize snapshot replacements (queues, locks, promises) until the transaction ends.
+
+    The step and the hint thread both replace them, each with a DELETE and a COPY: two at
+    once would insert the same keys twice. Inside transaction.atomic() only.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SNAPSHOT_WRITE_LOCK_KEY])
 
 
 def connect_like_django(purpose: str = "lock") -> psycopg.Connection[Any]:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError
+from django.db import DatabaseError, InterfaceError, connection
 
 from dashboard import embedded_postgres
 from invocations import events
@@ -38,8 +39,12 @@ INTERVAL_WRITE_TOLERANCE = 0.25
 HINT_FOLLOW_S = 0.25
 # Between steps with nothing followed, how often a stop request is noticed.
 STOP_CHECK_S = 1.0
-# How often, between steps, the feed's row is read: push or poll, and were hints dropped.
+# How often, between steps, the feed's row is read (push or poll, were hints dropped) and
+# whether the engine lock is still ours.
 FEED_CHECK_S = 1.0
+# The loop's wait between steps is cut into ticks of this: what hinted changes call for
+# (deadlock detection) runs within a tick of them.
+PAUSE_TICK_S = 0.25
 
 
 def poll_interval(*, duration_s: float) -> float:
@@ -97,12 +102,17 @@ class SyncLoop:
         self._interval = settings.SYNC_MIN_INTERVAL_S
         self._stored_interval: float | None = None
         self._caught_up = False
-        self._hints_active = False
+        self._hints_active = True  # hints left in the table before we listened are read first
         self.mode = FeedMode.POLL
         self._step_started: float | None = None
         self._step_started_at: datetime | None = None  # wall clock: "were hints dropped since"
         self._feed_checked = 0.0
         self._last_hint_pass = 0.0
+        self._lock_checked = 0.0
+        # Set while this engine holds the lock and may write: the hint thread serves hints then.
+        self._writing = threading.Event()
+        # A hint pass changed our copy: the loop's thread runs after_step (deadlock detection).
+        self._hinted_changes = threading.Event()
 
     @classmethod
     def from_settings(cls, *, after_step: AfterStep | None = None) -> SyncLoop:
@@ -116,8 +126,10 @@ class SyncLoop:
         """One step: stand by while another engine holds the lock, else sync, or record why not."""
         self.report = None
         if self.lock is not None and not self._hold_lock():
+            self._writing.clear()
             self._interval = settings.SYNC_STANDBY_POLL_S
             return None
+        self._writing.set()
         self._step_started = time.monotonic()
         try:
             if not self._caught_up:
@@ -193,9 +205,9 @@ class SyncLoop:
         events.sync_step_committed(changed_ids=[])  # the sync line says which mode
 
     def step_hints(self) -> HintReport | None:
-        """Re-read what actions just touched (hints), between steps. Failures are left to
-        the next step's backoff: a hint stays in its table until it expires."""
-        if self.lock is not None and not self.lock.held():
+        """Re-read what hints name (actions, spans), between steps or beside them. Failures
+        are left to the next pass or step: a hint stays in its table until it is read."""
+        if self.lock is not None and not self._writing.is_set():
             return None
         self._last_hint_pass = time.monotonic()
         try:
@@ -203,10 +215,13 @@ class SyncLoop:
             self._hints_active = hints.hints_pending()
         except TRANSIENT_ERRORS as exc:
             log.warning("re-reading hinted invocations failed: %s", exc)
+            if isinstance(exc, DatabaseError | InterfaceError):
+                connection.close()  # this thread's connection: the next pass opens a fresh one
             self._hints_active = False
             return None
         if report is not None and report.changed:
-            self._after_step(changed=True)
+            # Deadlock detection runs on the loop's thread, not this one: it must not delay hints.
+            self._hinted_changes.set()
             log.info(
                 "hints: re-read %d invocations (%d changed) in %.3fs", report.ids, report.changed, report.duration_s
             )
@@ -215,43 +230,72 @@ class SyncLoop:
     def run(self, *, wait: Callable[[float], bool], listener: hints.HintListener | None = None) -> None:
         """Step until `wait(seconds)` returns True (threading.Event.wait: stop was asked).
 
-        Between steps it sleeps on `listener` (LISTEN for hints): an action's hint
-        wakes it at once, and hinted ids are re-read every HINT_FOLLOW_S while
-        they are followed, without a full step.
+        With a `listener` (LISTEN for hints), hints are served on a thread of their own:
+        a hint wakes it at once, whatever the loop is doing (a full scan, a reconciliation,
+        deadlock detection), and hinted ids are re-read every HINT_FOLLOW_S while followed.
+        Writes are safe side by side: an invocation row is never replaced by an older state
+        (see SyncEngine._upsert_invocations), and queue and promise snapshots are written
+        under a transaction lock.
         """
+        stop = threading.Event()
+        worker = None
+        if listener is not None:
+            worker = threading.Thread(target=self._serve_hints, args=(listener, stop), name="sync-hints", daemon=True)
+            worker.start()
         try:
             while True:
                 self.step()
-                if self._pause(wait, listener):
+                if self._pause(wait):
                     return
         finally:
-            if listener is not None:
-                listener.close()
+            stop.set()
+            if worker is not None:
+                worker.join(timeout=30)
             self.close()
 
-    def _pause(self, wait: Callable[[float], bool], listener: hints.HintListener | None) -> bool:
-        """Wait out the interval, serving hints meanwhile; True when stop was asked.
+    def _serve_hints(self, listener: hints.HintListener, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                if self.lock is not None and not self._writing.is_set():
+                    stop.wait(STOP_CHECK_S)  # standing by, or not started yet: another engine serves them
+                    continue
+                woken = listener.wait(HINT_FOLLOW_S if self._hints_active else STOP_CHECK_S)
+                if stop.is_set():
+                    return
+                if woken:
+                    # Passes at most every SYNC_HINT_BATCH_S: a burst of exports waits for the
+                    # next slot and is read in one query, while a lone span is read at once.
+                    gap = self._last_hint_pass + settings.SYNC_HINT_BATCH_S - time.monotonic()
+                    if gap > 0 and stop.wait(gap):
+                        return
+                if woken or self._hints_active:
+                    self.step_hints()
+        except Exception:
+            log.exception("the hint thread stopped; hints wait for the next step")
+        finally:
+            listener.close()
+            connection.close()
 
-        The interval is re-decided as the feed changes: spans stopping end a
-        push-mode wait early (back to polling), and dropped hints end it at once.
+    def _pause(self, wait: Callable[[float], bool]) -> bool:
+        """Wait out the interval; True when stop was asked.
+
+        Meanwhile it runs what follows hinted changes (after_step), and re-decides the
+        interval as the feed changes: spans stopping end a push-mode wait early (back to
+        polling), and hints dropped by a full receiver end it at once.
         """
-        if listener is None or self.standing_by or self.report is None:
+        if self.standing_by or self.report is None:
             return wait(self.next_interval())
         started = self._step_started if self._step_started is not None else time.monotonic()
         deadline = time.monotonic() + self.next_interval()
-        self._hints_active = True  # hints written while the step ran have no NOTIFY left to wake us
         while (remaining := deadline - time.monotonic()) > 0:
-            nap = min(remaining, HINT_FOLLOW_S if self._hints_active else STOP_CHECK_S)
-            if listener.wait(nap):
-                # Passes at most every SYNC_HINT_BATCH_S: a burst of exports waits for the next
-                # slot and is read in one query, while a lone span is read at once.
-                if wait(max(0.0, self._last_hint_pass + settings.SYNC_HINT_BATCH_S - time.monotonic())):
-                    return True
-                self.step_hints()
-            elif self._hints_active:
-                self.step_hints()
-            if wait(0):
+            if wait(min(remaining, PAUSE_TICK_S)):
                 return True
+            if self._hinted_changes.is_set():
+                self._hinted_changes.clear()
+                self._after_step(changed=True)
+            if self.lock is not None and self._check_lock_due() and not self.lock.held():
+                self._writing.clear()
+                return False  # the next step finds out who holds it now
             mode = self.mode
             if self._check_feed():
                 log.info("the trace receiver dropped hints (queue full): scanning now")
@@ -259,6 +303,13 @@ class SyncLoop:
             if mode != self.mode and self.report is not None:
                 deadline = started + self._interval_for(self.report)
         return False
+
+    def _check_lock_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._lock_checked < FEED_CHECK_S:
+            return False
+        self._lock_checked = now
+        return True
 
     def _after_step(self, *, changed: bool) -> None:
         if self.after_step is None:

@@ -66,6 +66,7 @@ def upsert(
     insert_sql: Mapping[str, str] | None = None,
     update_sql: Mapping[str, str] | None = None,
     returning: Sequence[str] = (),
+    newer_sql: str = "",
 ) -> list[tuple]:
     """Insert `instances`, updating rows whose primary key exists.
 
@@ -76,6 +77,8 @@ def upsert(
     keep_existing_fields: on conflict keep our non-null value (COALESCE(ours, theirs)).
     insert_sql / update_sql: column -> SQL expression evaluated in PostgreSQL (e.g. clock_timestamp()).
     returning: columns returned for each row inserted or actually updated.
+    newer_sql: a condition on `t` (ours) and `EXCLUDED` (theirs) an update must also meet:
+        two writers side by side must not replace a newer state with an older one.
     """
     if not instances:
         return []
@@ -109,6 +112,8 @@ def upsert(
             ours = ", ".join(f"t.{qn(col(g))}" for g in guard_fields)
             theirs = ", ".join(f"EXCLUDED.{qn(col(g))}" for g in guard_fields)
             action += f" WHERE ({ours}) IS DISTINCT FROM ({theirs})"
+        if newer_sql:
+            action += f" {'AND' if guard_fields else 'WHERE'} ({newer_sql})"
     ret = f" RETURNING {', '.join('t.' + qn(col(r)) for r in returning)}" if returning else ""
 
     # The raw psycopg cursor (for COPY) skips Django's error translation; restore it.
