@@ -8,7 +8,8 @@ row that did not change is not rewritten (no dead tuple, no false "changed").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from django.db import connection, models, transaction
@@ -32,33 +33,40 @@ class RawJson(str):
 
 
 def _json_value(value: Any) -> Any:
+    # psycopg adapts str/int/bool/aware datetime itself; only JSON needs wrapping.
+    # (Calling Django's get_db_prep_save per value cost more than the COPY.)
     if value is None or isinstance(value, RawJson):
         return value if value is None else str(value)
     return Jsonb(value)
 
 
-def _converters(fields: list[models.Field]) -> list[Callable[[Any], Any] | None]:
-    # psycopg adapts str/int/bool/aware datetime itself; only JSON needs wrapping.
-    # (Calling Django's get_db_prep_save per value cost more than the COPY.)
-    return [_json_value if isinstance(f, models.JSONField) else None for f in fields]
+Instance = models.Model | Mapping[str, Any]
 
 
-def _copy_rows(cursor: Any, table: str, fields: list[models.Field], instances: Iterable[models.Model]) -> int:
+def _copy_rows(cursor: Any, table: str, fields: list[models.Field], instances: Iterable[Instance]) -> int:
+    """COPY model instances, or dicts keyed by attname holding every column (the sync's
+    hot path: building a model per row cost more than writing it)."""
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     attnames = [f.attname for f in fields]
-    converters = _converters(fields)
+    json_at = [i for i, f in enumerate(fields) if isinstance(f, models.JSONField)]
+    from_dict = itemgetter(*attnames)
     count = 0
     with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
         for obj in instances:
-            values = [getattr(obj, a) for a in attnames]
-            copy.write_row([conv(v) if conv else v for conv, v in zip(converters, values, strict=True)])
+            if isinstance(obj, models.Model):
+                values = [getattr(obj, a) for a in attnames]
+            else:
+                values = list(from_dict(obj)) if len(attnames) > 1 else [from_dict(obj)]
+            for i in json_at:
+                values[i] = _json_value(values[i])
+            copy.write_row(values)
             count += 1
     return count
 
 
 def upsert(
     model: type[models.Model],
-    instances: Sequence[models.Model],
+    instances: Sequence[Instance],
     *,
     update_fields: Sequence[str] | None = None,
     guard_fields: Sequence[str] = (),
@@ -67,7 +75,7 @@ def upsert(
     update_sql: Mapping[str, str] | None = None,
     returning: Sequence[str] = (),
 ) -> list[tuple]:
-    """Insert `instances`, updating rows whose primary key exists.
+    """Insert `instances` (model instances or attname -> value dicts), updating rows whose primary key exists.
 
     Keys must be unique within `instances` (ON CONFLICT cannot touch a row twice).
 
@@ -125,7 +133,7 @@ def upsert(
         return cursor.fetchall() if returning else []
 
 
-def replace_all(model: type[models.Model], instances: Sequence[models.Model]) -> None:
+def replace_all(model: type[models.Model], instances: Sequence[Instance]) -> None:
     """Make the table hold exactly `instances` (snapshot tables: queues, locks, ...)."""
     table = connection.ops.quote_name(model._meta.db_table)
     with transaction.atomic(), connection.cursor() as wrapper, connection.wrap_database_errors:
