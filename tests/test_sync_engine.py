@@ -97,6 +97,113 @@ def test_a_row_appearing_behind_the_watermark_within_the_window_is_not_lost(
     assert Invocation.objects.filter(id=late).exists()
 
 
+# ------------------------------------------------------------------ first sight
+
+
+def invocation_writes() -> tuple[int, int]:
+    """(rows inserted, rows updated) in our invocation table so far, from PostgreSQL's own counters."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")  # this backend's counts, flushed once idle
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT n_tup_ins, n_tup_upd FROM pg_stat_user_tables WHERE relname = %s", [Invocation._meta.db_table]
+        )
+        inserted, updated = cursor.fetchone()
+        return inserted, updated
+
+
+def add_trees_children_first(restate: FakeRestate) -> list[str]:
+    """Restate scans partition by partition: children often come before their parents."""
+    ids = [
+        restate.add(3, parent=2, journal=2),  # a grandchild, two pages before its root
+        restate.add(4, parent=1, journal=2),
+        restate.add(2, parent=1, journal=3),
+        restate.add(5, journal=1),  # a tree that arrives whole in one page
+        restate.add(6, parent=5, journal=2),
+        restate.add(1, journal=4),
+        restate.add(7, parent=99, journal=1),  # its parent is not in Restate's scan at all
+    ]
+    return ids
+
+
+def test_a_first_sight_writes_each_row_once_with_its_root_and_journal(
+    transactional_db: None, restate: FakeRestate, sent: Sent
+) -> None:
+    engine = make_engine(restate, page_rows=2)
+    restate.batch_rows = 2
+    ids = add_trees_children_first(restate)
+    before = invocation_writes()
+    report = engine.sync_once()
+    inserted, updated = (after - was for after, was in zip(invocation_writes(), before, strict=True))
+
+    roots = dict(Invocation.objects.values_list("id", "root_id"))
+    assert roots == {
+        fake_id(3): fake_id(1), fake_id(4): fake_id(1), fake_id(2): fake_id(1), fake_id(1): fake_id(1),
+        fake_id(5): fake_id(5), fake_id(6): fake_id(5), fake_id(7): None,
+    }  # fmt: skip
+    assert report.roots_resolved == 0, "no root left for the UPDATE pass but the parentless one"
+    assert list(Invocation.objects.values_list("journal_synced_size", flat=True).order_by("id")) == [
+        4,
+        3,
+        2,
+        2,
+        1,
+        2,
+        1,
+    ]
+    assert JournalEntry.objects.count() == 15 and report.journal_entries == 15
+    assert (inserted, updated) == (len(ids), 0), "each row written once: root and journal state in the insert"
+    assert listed_ids(sent) == set(ids)
+    assert tree_groups(sent) == {
+        events.tree_group(fake_id(1)),
+        events.tree_group(fake_id(5)),
+        events.tree_group(ids[-1]),
+    }
+
+    # The parentless row's parent appears: resolved by the UPDATE pass, as before.
+    restate.add(99, modified_at=T0 + timedelta(minutes=5))
+    assert engine.sync_once().roots_resolved == 1
+    assert Invocation.objects.get(id=ids[-1]).root_id == fake_id(99)
+
+
+def test_rows_past_the_held_bound_are_written_at_once_and_their_roots_still_resolved(
+    transactional_db: None, restate: FakeRestate, sent: Sent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "MAX_HELD_ORPHANS", 1)
+    engine = make_engine(restate, page_rows=2)
+    restate.batch_rows = 2
+    add_trees_children_first(restate)
+    report = engine.sync_once()
+    assert report.roots_resolved >= 1, "a child written before its parent came is completed by the UPDATE pass"
+    assert Invocation.objects.filter(root__isnull=True).count() == 1  # the parentless one
+    assert tree_groups(sent) >= {events.tree_group(fake_id(1)), events.tree_group(fake_id(5))}
+
+
+def test_held_rows_are_committed_with_the_pages_read_before_restate_fails(
+    transactional_db: None, restate: FakeRestate
+) -> None:
+    engine = make_engine(restate, page_rows=2)
+    restate.batch_rows = 2
+    add_trees_children_first(restate)
+
+    def fail_on_the_third_batch(sql: str) -> None:
+        if sql.startswith("-- batch 2 of: SELECT id, target,"):
+            raise RestateUnavailable("connection lost mid-scan")
+
+    restate.before_query = fail_on_the_third_batch
+    with pytest.raises(RestateUnavailable):
+        engine.sync_once()
+    held = {fake_id(3), fake_id(4), fake_id(2)}  # read, parent not yet seen
+    assert set(Invocation.objects.values_list("id", flat=True)) == held | {fake_id(5)}
+    assert all(i.journal_synced_size == i.journal_size for i in Invocation.objects.all())
+    assert set(JournalEntry.objects.values_list("invocation_id", flat=True)) == held | {fake_id(5)}
+
+    restate.before_query = None
+    engine.sync_once()
+    assert Invocation.objects.filter(root_id=fake_id(1)).count() == 4
+
+
 # ------------------------------------------------------------------ journals
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -64,6 +65,9 @@ JOURNAL_IDS_PER_QUERY = 200
 JOURNAL_QUERIES_PER_BATCH = 4
 # Restate's id lookups are indexed; one IN list stays at most this long.
 IDS_PER_QUERY = 1000
+# First-seen rows held back, at most, until their parent comes later in the scan (see
+# `_sync_invocations`): ~1.5 KB each in memory. Past it the oldest are written with a null root.
+MAX_HELD_ORPHANS = 10_000
 # Ids kept for the live-update broadcast; past this (a first load) pages are told "everything changed".
 MAX_TRACKED_CHANGES = 5000
 PROMISE_SQL = (
@@ -174,6 +178,32 @@ class _Behind:
     held: int  # entries we hold: Restate's indexes 0..held-1
     service: str  # its handler: the caller of the edges its journal records
     handler: str
+
+
+@dataclass
+class _FirstSight:
+    """A page of the scan, mapped, with the journals of its first-seen rows being read."""
+
+    rows: dict[str, dict[str, Any]]  # id -> column values, in scan order
+    new: set[str]  # ids not in our copy when the page was read
+    behind: list[_Behind]  # the new rows with a journal, read from index 0
+    journals: Future[list[dict[str, Any]]] | None
+
+
+def _read_to(entries: list[dict[str, Any]]) -> dict[str, int]:
+    """Per invocation, one past the last entry read."""
+    read_to: dict[str, int] = {}
+    for entry in entries:
+        inv_id = entry["invocation_id"]
+        read_to[inv_id] = max(read_to.get(inv_id, 0), entry["index"] + 1)
+    return read_to
+
+
+def _parse_json(entries: list[dict[str, Any]]) -> None:
+    # Restate's JSON went to jsonb unparsed; if one is not valid JSON, keep it as text.
+    for entry in entries:
+        entry["entry"] = mapping.load_json(entry["entry"])
+        entry["entry_lite"] = mapping.load_json(entry["entry_lite"])
 
 
 class SyncEngine:
@@ -398,7 +428,7 @@ class SyncEngine:
         return list({row["id"]: mapping.invocation_from_row(row, now=now) for row in rows}.values())
 
     @staticmethod
-    def _upsert_invocations(invocations: list[Invocation]) -> list[tuple[str, str | None]]:
+    def _upsert_invocations(invocations: Sequence[Invocation | dict[str, Any]]) -> list[tuple[str, str | None]]:
         """Write Restate's rows; returns (id, root_id) of the rows that changed.
 
         The hours of the rows that changed are marked for the rollups in the same transaction.
@@ -420,19 +450,181 @@ class SyncEngine:
     def _sync_invocations(
         self, watermark: datetime | None, overlap: timedelta, report: StepReport, changes: Changes
     ) -> datetime | None:
+        """Write the scan page by page, each invocation seen for the first time written once.
+
+        A row inserted with a null root, then given its root, then its journal_synced_size,
+        was three writes of a wide row with many indexes: a backfill spent most of its time
+        there. So a first-seen row gets, before its insert, its whole journal (read by id in a
+        worker thread while the previous page is written) and its root (from the same page, a
+        row held back or our copy). A row whose parent is not in our copy yet is held back
+        until the parent comes later in the scan (Restate scans partition by partition, so
+        about half the children of a backfill come before their parent), at most
+        MAX_HELD_ORPHANS of them; past that, and for parents the scan never shows, it is
+        written with a null root and `_resolve_roots` completes it. Held rows are never
+        committed without their journal entries being committed before or with them.
+        """
         max_modified: datetime | None = None
         t0 = time.monotonic()
-        for page in self._pages(self.invocation_scan_sql(watermark, overlap=overlap)):
-            report.rows_read += len(page)
-            invocations = self._mapped(page)
-            page_max = max(inv.modified_at for inv in invocations)
-            max_modified = page_max if max_modified is None else max(max_modified, page_max)
-            changed = self._upsert_invocations(invocations)
-            report.changed += len(changed)
-            changes.add(changed)
+        held: dict[str, dict[str, Any]] = {}  # id -> values, oldest first
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-journals")
+        pending: _FirstSight | None = None
+        try:
+            pages = self._pages(self.invocation_scan_sql(watermark, overlap=overlap))
+            while True:
+                try:
+                    page = next(pages, None)
+                except Exception:
+                    # Restate failed mid-scan: what was read before is committed, as page by page.
+                    if pending is not None:
+                        self._write_page(pending, held, report, changes)
+                    self._write_held(held, report, changes)
+                    raise
+                if page is None:
+                    break
+                report.rows_read += len(page)
+                prepared = self._prepare_page(page, pool)
+                page_max = max(values["modified_at"] for values in prepared.rows.values())
+                max_modified = page_max if max_modified is None else max(max_modified, page_max)
+                # This page's journals are read while the previous one is written.
+                if pending is not None:
+                    self._write_page(pending, held, report, changes)
+                pending = prepared
+            if pending is not None:
+                self._write_page(pending, held, report, changes)
+            self._write_held(held, report, changes)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         # Includes our writes between batches: the stream, and so Restate's scan, lasts that long.
         report.scan_s = time.monotonic() - t0
         return max_modified
+
+    def _prepare_page(self, page: list[dict[str, Any]], pool: ThreadPoolExecutor) -> _FirstSight:
+        """Map a page and start reading the journals of the rows not in our copy."""
+        now = self.clock()
+        rows = {row["id"]: mapping.invocation_values(row, now=now) for row in page}
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT id FROM {Invocation._meta.db_table} WHERE id = ANY(%s)", [list(rows)])
+            ours = {inv_id for (inv_id,) in cursor.fetchall()}
+        new = {inv_id for inv_id in rows if inv_id not in ours}
+        behind = [
+            _Behind(v["id"], None, v["journal_size"], 0, v["service_name"], v["handler_name"])
+            for inv_id, v in rows.items()
+            if inv_id in new and v["journal_size"] > 0
+        ]
+        journals = pool.submit(self._fetch_whole_journals, behind) if behind else None
+        return _FirstSight(rows=rows, new=new, behind=behind, journals=journals)
+
+    def _fetch_whole_journals(self, behind: list[_Behind]) -> list[dict[str, Any]]:
+        # In JOURNAL_IDS_PER_QUERY chunks: one IN list of a whole page's ids is slower per id.
+        entries: list[dict[str, Any]] = []
+        for start in range(0, len(behind), JOURNAL_IDS_PER_QUERY):
+            entries += self._fetch_journals(behind[start : start + JOURNAL_IDS_PER_QUERY])
+        return entries
+
+    def _write_page(
+        self, page: _FirstSight, held: dict[str, dict[str, Any]], report: StepReport, changes: Changes
+    ) -> None:
+        entries = page.journals.result() if page.journals is not None else []
+        callers = {b.id: b for b in page.behind}
+        read_to = _read_to(entries)
+        tried_at = self._db_now() if any(b.id not in read_to for b in page.behind) else None
+        for b in page.behind:
+            values = page.rows[b.id]
+            # As `_write_journals` records a backlog row's: all Restate holds is now ours.
+            values["journal_synced_size"] = max(b.journal_size, read_to.get(b.id, 0))
+            if b.id not in read_to:
+                values["journal_attempted_at"] = tried_at
+        edges = self._edges(entries, callers)
+        for inv_id in page.new:
+            held.pop(inv_id, None)  # read again (a scan may show a row twice): this copy is newer
+        write = self._with_roots(page, held)
+        # Past the bound, the oldest held rows go now with a null root (resolved by UPDATE later).
+        write += self._take_held(held, keep=MAX_HELD_ORPHANS)
+
+        def commit() -> None:
+            with transaction.atomic():
+                changed = self._upsert_invocations(write)
+                self._upsert_journal(entries, edges)
+            report.changed += len(changed)
+            changes.add(changed)
+
+        try:
+            commit()
+        except DataError:
+            _parse_json(entries)
+            commit()
+        report.journal_entries += len(entries)
+        report.edges += len(edges)
+
+    def _with_roots(self, page: _FirstSight, held: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The page's rows to write now, roots filled in where their ancestors are known, and
+        the held rows this page resolved; a first-seen row whose parent we have not seen at
+        all is moved to `held` instead."""
+        rows = page.rows
+        candidates = {**held, **rows}
+        unresolved = [v for v in candidates.values() if v["root_id"] is None]
+        outside = {v["parent_id"] for v in unresolved} - candidates.keys()
+        known: dict[str, str | None] = {}
+        if outside:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT id, root_id FROM {Invocation._meta.db_table} WHERE id = ANY(%s)", [list(outside)]
+                )
+                known = dict(cursor.fetchall())
+        # id -> (its root or None, whether its top ancestor's parent is not in our copy at all);
+        # each row is walked once.
+        outcome: dict[str, tuple[str | None, bool]] = {}
+        for values in unresolved:
+            chain: list[dict[str, Any]] = []
+            current = values
+            while True:
+                if current["root_id"] is not None:
+                    result: tuple[str | None, bool] = (current["root_id"], False)
+                    break
+                if current["id"] in outcome:
+                    result = outcome[current["id"]]
+                    break
+                if len(chain) > len(candidates):
+                    result = (None, False)  # a cycle; Restate makes none, but never loop on one
+                    break
+                chain.append(current)
+                parent = current["parent_id"]
+                if parent not in candidates:
+                    result = (known.get(parent), parent not in known)
+                    break
+                current = candidates[parent]
+            for link in chain:
+                link["root_id"] = result[0]
+                outcome[link["id"]] = result
+
+        def unseen(inv_id: str) -> bool:
+            return outcome.get(inv_id, (None, False))[1]
+
+        write = []
+        for inv_id, values in rows.items():
+            if inv_id in page.new and unseen(inv_id):
+                held[inv_id] = values
+            else:
+                write.append(values)
+        for inv_id in [i for i in held if i not in rows and not unseen(i)]:
+            write.append(held.pop(inv_id))
+        return write
+
+    @staticmethod
+    def _take_held(held: dict[str, dict[str, Any]], *, keep: int) -> list[dict[str, Any]]:
+        out = []
+        while len(held) > keep:
+            out.append(held.pop(next(iter(held))))
+        return out
+
+    def _write_held(self, held: dict[str, dict[str, Any]], report: StepReport, changes: Changes) -> None:
+        """Write the held rows (their parents never came): with a null root, which
+        `_resolve_roots` fills once an ancestor is in our copy."""
+        rows = self._take_held(held, keep=0)
+        if rows:
+            changed = self._upsert_invocations(rows)
+            report.changed += len(changed)
+            changes.add(changed)
 
     def _resolve_roots(self, changes: Changes) -> int:
         """Give each child its tree's root once every ancestor is in our copy.
@@ -484,7 +676,7 @@ class SyncEngine:
             ]
         return [_Behind(*row) for row in rows]
 
-    def _fetch_journals(self, backlog: list[_Behind]) -> list[JournalEntry]:
+    def _fetch_journals(self, backlog: list[_Behind]) -> list[dict[str, Any]]:
         """The entries we lack: `index >= held` per invocation, in at most JOURNAL_QUERIES_PER_BATCH queries."""
         held = {b.id: b.held for b in backlog}
         ordered = sorted(backlog, key=lambda b: b.held)
@@ -497,14 +689,14 @@ class SyncEngine:
             else:
                 groups.append(chunk)
         columns = ", ".join(mapping.JOURNAL_COLUMNS)
-        entries: list[JournalEntry] = []
+        entries: list[dict[str, Any]] = []
         for group in groups:
             sql = f"SELECT {columns} FROM sys_journal WHERE id IN {sql_list([b.id for b in group])}"
             if group[0].held:
                 sql += f" AND index >= {sql_literal(group[0].held)}"
             for batch in self.client.query_batches(sql):
                 # A group reads from its smallest index; skip what we hold of the others.
-                entries.extend(mapping.journal_entry_from_row(row) for row in batch if row["index"] >= held[row["id"]])
+                entries.extend(mapping.journal_values(row) for row in batch if row["index"] >= held[row["id"]])
         return entries
 
     def _sync_journals(self, report: StepReport, changes: Changes) -> None:
@@ -518,62 +710,62 @@ class SyncEngine:
             done.update(b.id for b in backlog)
             entries = self._fetch_journals(backlog)
             edges = self._edges(entries, {b.id: b for b in backlog})
-            read_to: dict[str, int] = {}
-            for entry in entries:
-                read_to[entry.invocation_id] = max(read_to.get(entry.invocation_id, 0), entry.index + 1)
+            read_to = _read_to(entries)
             try:
                 self._write_journals(entries, edges, backlog, read_to)
             except DataError:
-                # Restate's entry_json went to jsonb unparsed; if one is not valid JSON, keep it as text.
-                for entry in entries:
-                    entry.entry = mapping.load_json(entry.entry)
+                _parse_json(entries)
                 self._write_journals(entries, edges, backlog, read_to)
             changes.add((b.id, b.root_id) for b in backlog if b.id in read_to)
             report.journal_entries += len(entries)
             report.edges += len(edges)
 
     @staticmethod
-    def _edges(entries: list[JournalEntry], callers: dict[str, _Behind]) -> list[InvocationEdge]:
+    def _edges(entries: list[dict[str, Any]], callers: dict[str, _Behind]) -> list[dict[str, Any]]:
         """The call/send edges these entries record, each with its caller's handler (which never changes)."""
         edges = []
         for entry in entries:
-            edge = mapping.edge_from_journal_entry(entry)
+            edge = mapping.edge_values(entry)
             if edge is not None:
-                caller = callers[entry.invocation_id]
-                edge.caller_service, edge.caller_handler = caller.service, caller.handler
+                caller = callers[entry["invocation_id"]]
+                edge["caller_service"], edge["caller_handler"] = caller.service, caller.handler
                 edges.append(edge)
         return edges
 
+    @staticmethod
+    def _upsert_journal(entries: list[dict[str, Any]], edges: list[dict[str, Any]]) -> None:
+        upsert(
+            JournalEntry,
+            entries,
+            update_fields=["entry_type", "name", "appended_at", "entry", "entry_lite"],
+            guard_fields=["entry_lite"],
+        )
+        written = upsert(
+            InvocationEdge,
+            edges,
+            update_fields=[
+                "callee_id",
+                "kind",
+                "target_service",
+                "target_key",
+                "target_handler",
+                "created_at",
+                "fire_at",
+            ],
+            guard_fields=["callee_id", "kind", "fire_at"],
+            returning=["created_at"],
+        )
+        rollups.mark_dirty(created_at for (created_at,) in written)
+
     def _write_journals(
         self,
-        entries: list[JournalEntry],
-        edges: list[InvocationEdge],
+        entries: list[dict[str, Any]],
+        edges: list[dict[str, Any]],
         backlog: list[_Behind],
         read_to: dict[str, int],
     ) -> None:
         with transaction.atomic():
-            upsert(
-                JournalEntry,
-                entries,
-                update_fields=["entry_type", "name", "appended_at", "entry", "entry_lite"],
-                guard_fields=["entry_lite"],
-            )
-            written = upsert(
-                InvocationEdge,
-                edges,
-                update_fields=[
-                    "callee_id",
-                    "kind",
-                    "target_service",
-                    "target_key",
-                    "target_handler",
-                    "created_at",
-                    "fire_at",
-                ],
-                guard_fields=["callee_id", "kind", "fire_at"],
-                returning=["created_at"],
-            )
-            rollups.mark_dirty(created_at for (created_at,) in written)
+            self._upsert_journal(entries, edges)
             # Everything Restate holds for these is now ours (journal_size as reported,
             # or further when the journal grew since); a later growth of journal_size
             # (a changed row) puts them back in the backlog. Nothing read: remember we
