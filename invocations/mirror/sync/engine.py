@@ -190,6 +190,38 @@ class _FirstSight:
     journals: Future[list[dict[str, Any]]] | None
 
 
+@dataclass
+class _Held:
+    """First-seen rows held back until an ancestor the scan has not shown yet comes, oldest first."""
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The missing ancestor's id -> the held rows whose chain of parents stops just below it:
+    # a page wakes only the rows it can resolve, not every held row.
+    waiting: dict[str, set[str]] = field(default_factory=dict)
+
+    def hold(self, values: dict[str, Any], missing: str) -> None:
+        self.rows[values["id"]] = values
+        self.waiting.setdefault(missing, set()).add(values["id"])
+
+    def wake(self, arrived: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Take out the rows waiting for one of `arrived`."""
+        woken: dict[str, dict[str, Any]] = {}
+        for inv_id in arrived:
+            for held_id in self.waiting.pop(inv_id, ()):
+                if held_id in self.rows:  # not already written (past the bound) or read again
+                    woken[held_id] = self.rows.pop(held_id)
+        return woken
+
+    def take(self, *, keep: int) -> list[dict[str, Any]]:
+        """The oldest rows past `keep`, taken out."""
+        taken = []
+        while len(self.rows) > keep:
+            taken.append(self.rows.pop(next(iter(self.rows))))
+        if not self.rows:
+            self.waiting.clear()
+        return taken
+
+
 def _read_to(entries: list[dict[str, Any]]) -> dict[str, int]:
     """Per invocation, one past the last entry read."""
     read_to: dict[str, int] = {}
@@ -465,7 +497,7 @@ class SyncEngine:
         """
         max_modified: datetime | None = None
         t0 = time.monotonic()
-        held: dict[str, dict[str, Any]] = {}  # id -> values, oldest first
+        held = _Held()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-journals")
         pending: _FirstSight | None = None
         try:
@@ -521,9 +553,7 @@ class SyncEngine:
             entries += self._fetch_journals(behind[start : start + JOURNAL_IDS_PER_QUERY])
         return entries
 
-    def _write_page(
-        self, page: _FirstSight, held: dict[str, dict[str, Any]], report: StepReport, changes: Changes
-    ) -> None:
+    def _write_page(self, page: _FirstSight, held: _Held, report: StepReport, changes: Changes) -> None:
         entries = page.journals.result() if page.journals is not None else []
         callers = {b.id: b for b in page.behind}
         read_to = _read_to(entries)
@@ -536,10 +566,10 @@ class SyncEngine:
                 values["journal_attempted_at"] = tried_at
         edges = self._edges(entries, callers)
         for inv_id in page.new:
-            held.pop(inv_id, None)  # read again (a scan may show a row twice): this copy is newer
+            held.rows.pop(inv_id, None)  # read again (a scan may show a row twice): this copy is newer
         write = self._with_roots(page, held)
         # Past the bound, the oldest held rows go now with a null root (resolved by UPDATE later).
-        write += self._take_held(held, keep=MAX_HELD_ORPHANS)
+        write += held.take(keep=MAX_HELD_ORPHANS)
 
         def commit() -> None:
             with transaction.atomic():
@@ -556,14 +586,22 @@ class SyncEngine:
         report.journal_entries += len(entries)
         report.edges += len(edges)
 
-    def _with_roots(self, page: _FirstSight, held: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    def _with_roots(self, page: _FirstSight, held: _Held) -> list[dict[str, Any]]:
         """The page's rows to write now, roots filled in where their ancestors are known, and
-        the held rows this page resolved; a first-seen row whose parent we have not seen at
-        all is moved to `held` instead."""
+        the held rows this page resolved; a first-seen row whose chain of parents stops at one
+        not in our copy is held instead.
+
+        A held row's missing ancestor can only reach our copy through this scan (one engine
+        writes): so only the page's own rows' parents are looked up in our copy."""
         rows = page.rows
-        candidates = {**held, **rows}
+        woken = held.wake(rows)
+        candidates = {**woken, **rows}
+
+        def find(inv_id: str) -> dict[str, Any] | None:
+            return candidates.get(inv_id) or held.rows.get(inv_id)
+
         unresolved = [v for v in candidates.values() if v["root_id"] is None]
-        outside = {v["parent_id"] for v in unresolved} - candidates.keys()
+        outside = {v["parent_id"] for v in unresolved if find(v["parent_id"]) is None}
         known: dict[str, str | None] = {}
         if outside:
             with connection.cursor() as cursor:
@@ -571,56 +609,47 @@ class SyncEngine:
                     f"SELECT id, root_id FROM {Invocation._meta.db_table} WHERE id = ANY(%s)", [list(outside)]
                 )
                 known = dict(cursor.fetchall())
-        # id -> (its root or None, whether its top ancestor's parent is not in our copy at all);
-        # each row is walked once.
-        outcome: dict[str, tuple[str | None, bool]] = {}
+        # id -> (its root or None, the missing ancestor when its chain stops at one not in our copy).
+        outcome: dict[str, tuple[str | None, str | None]] = {}
+        bound = len(candidates) + len(held.rows)
         for values in unresolved:
             chain: list[dict[str, Any]] = []
             current = values
             while True:
                 if current["root_id"] is not None:
-                    result: tuple[str | None, bool] = (current["root_id"], False)
+                    result: tuple[str | None, str | None] = (current["root_id"], None)
                     break
                 if current["id"] in outcome:
                     result = outcome[current["id"]]
                     break
-                if len(chain) > len(candidates):
-                    result = (None, False)  # a cycle; Restate makes none, but never loop on one
+                if len(chain) > bound:
+                    result = (None, None)  # a cycle; Restate makes none, but never loop on one
                     break
                 chain.append(current)
                 parent = current["parent_id"]
-                if parent not in candidates:
-                    result = (known.get(parent), parent not in known)
+                found = find(parent)
+                if found is None:
+                    result = (known.get(parent), None if parent in known else parent)
                     break
-                current = candidates[parent]
+                current = found
             for link in chain:
-                link["root_id"] = result[0]
                 outcome[link["id"]] = result
-
-        def unseen(inv_id: str) -> bool:
-            return outcome.get(inv_id, (None, False))[1]
+                if link["id"] in candidates:
+                    link["root_id"] = result[0]
 
         write = []
-        for inv_id, values in rows.items():
-            if inv_id in page.new and unseen(inv_id):
-                held[inv_id] = values
+        for inv_id, values in candidates.items():
+            missing = outcome.get(inv_id, (None, None))[1]
+            if missing is not None and (inv_id in page.new or inv_id in woken):
+                held.hold(values, missing)
             else:
                 write.append(values)
-        for inv_id in [i for i in held if i not in rows and not unseen(i)]:
-            write.append(held.pop(inv_id))
         return write
 
-    @staticmethod
-    def _take_held(held: dict[str, dict[str, Any]], *, keep: int) -> list[dict[str, Any]]:
-        out = []
-        while len(held) > keep:
-            out.append(held.pop(next(iter(held))))
-        return out
-
-    def _write_held(self, held: dict[str, dict[str, Any]], report: StepReport, changes: Changes) -> None:
+    def _write_held(self, held: _Held, report: StepReport, changes: Changes) -> None:
         """Write the held rows (their parents never came): with a null root, which
         `_resolve_roots` fills once an ancestor is in our copy."""
-        rows = self._take_held(held, keep=0)
+        rows = held.take(keep=0)
         if rows:
             changed = self._upsert_invocations(rows)
             report.changed += len(changed)
