@@ -24,12 +24,14 @@ Why it is shaped this way (all measured, see DESIGN.md):
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, DataError, InterfaceError, connection, transaction
@@ -52,10 +54,11 @@ from invocations.mirror.models import (
 )
 from invocations.mirror.status import NOT_STARTED, QUIET_STATUSES
 from invocations.mirror.sync import hints, mapping
-from invocations.mirror.sync.writes import copy_into_temp, drop_temp, replace_all, upsert
+from invocations.mirror.sync.writes import copy_into_temp, drop_temp, replace_all, stage, upsert
 from invocations.restate import QueryError, RestateClient, sql_list, sql_literal
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 JOURNAL_IDS_PER_QUERY = 200
 # Ids of one journal batch are grouped by the first index we lack, one query per group
@@ -90,6 +93,10 @@ INVOCATION_GUARD_FIELDS = [
     "journal_size", "running_at", "completed_at", "completion_result", "inboxed_at", "scheduled_start_at",
     "pinned_deployment_id",
 ]  # fmt: skip
+# A backfill's journal entries are written this many at a time (their payloads are held meanwhile).
+JOURNAL_BACKFILL_ROWS = 5000
+# The edges a backfill's journal scan found, until their callers' rows are written (session temp table).
+BACKFILL_EDGES = "sync_backfill_edges"
 # Temp tables of a reconciliation (session-scoped: it commits page by page).
 LISTING_TABLE = "sync_reconcile_listing"
 DIFF_TABLE = "sync_reconcile_diff"
@@ -188,6 +195,7 @@ class _FirstSight:
     new: set[str]  # ids not in our copy when the page was read
     behind: list[_Behind]  # the new rows with a journal, read from index 0
     journals: Future[list[dict[str, Any]]] | None
+    backfill: bool  # journals already read by `_backfill_journals`
 
 
 @dataclass
@@ -220,6 +228,54 @@ class _Held:
         if not self.rows:
             self.waiting.clear()
         return taken
+
+
+def _prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """`items`, produced in a worker thread up to `depth` ahead.
+
+    Restate's answer is read and decoded while the previous part is written: psycopg
+    releases the GIL while PostgreSQL works, and Restate works meanwhile instead of waiting
+    for us to ask for more. An error of the producer is raised here, after what it produced.
+    """
+    handoff: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, done))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put((False, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # the HTTP stream, when the consumer stopped early
+
+    worker = threading.Thread(target=produce, name="sync-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = handoff.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _read_to(entries: list[dict[str, Any]]) -> dict[str, int]:
@@ -460,11 +516,21 @@ class SyncEngine:
         return list({row["id"]: mapping.invocation_from_row(row, now=now) for row in rows}.values())
 
     @staticmethod
-    def _upsert_invocations(invocations: Sequence[Invocation | dict[str, Any]]) -> list[tuple[str, str | None]]:
+    def _upsert_invocations(
+        invocations: Sequence[Invocation | dict[str, Any]], *, journal_held: bool = False
+    ) -> list[tuple[str, str | None]]:
         """Write Restate's rows; returns (id, root_id) of the rows that changed.
 
+        journal_held: an inserted row's journal_synced_size is the entries we hold (a backfill
+        wrote every journal first); past them, a larger journal_size puts it in the backlog.
         The hours of the rows that changed are marked for the rollups in the same transaction.
         """
+        insert_sql = {"first_seen_at": "clock_timestamp()", "synced_at": "clock_timestamp()"}
+        if journal_held:
+            insert_sql["journal_synced_size"] = (
+                f'(SELECT COALESCE(MAX(j."index") + 1, 0) FROM {JournalEntry._meta.db_table} j '
+                "WHERE j.invocation_id = s.id)"
+            )
         with transaction.atomic():
             changed = upsert(
                 Invocation,
@@ -472,7 +538,7 @@ class SyncEngine:
                 update_fields=INVOCATION_UPDATE_FIELDS,
                 guard_fields=INVOCATION_GUARD_FIELDS,
                 keep_existing_fields=["root"],
-                insert_sql={"first_seen_at": "clock_timestamp()", "synced_at": "clock_timestamp()"},
+                insert_sql=insert_sql,
                 update_sql={"synced_at": "clock_timestamp()", "gone_from_restate_at": "NULL"},
                 returning=["id", "root", "created_at"],
             )
@@ -496,12 +562,20 @@ class SyncEngine:
         committed without their journal entries being committed before or with them.
         """
         max_modified: datetime | None = None
-        t0 = time.monotonic()
+        backfill = watermark is None
         held = _Held()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-journals")
         pending: _FirstSight | None = None
+        t0 = time.monotonic()
         try:
-            pages = self._pages(self.invocation_scan_sql(watermark, overlap=overlap))
+            if backfill:
+                self._backfill_journals(report)
+                t0 = time.monotonic()
+            # Mapped in the worker too: its Python time overlaps PostgreSQL's work on the page before.
+            pages = _prefetched(
+                (len(page), self._values(page))
+                for page in self._pages(self.invocation_scan_sql(watermark, overlap=overlap))
+            )
             while True:
                 try:
                     page = next(pages, None)
@@ -509,12 +583,13 @@ class SyncEngine:
                     # Restate failed mid-scan: what was read before is committed, as page by page.
                     if pending is not None:
                         self._write_page(pending, held, report, changes)
-                    self._write_held(held, report, changes)
+                    self._write_held(held, report, changes, backfill=backfill)
                     raise
                 if page is None:
                     break
-                report.rows_read += len(page)
-                prepared = self._prepare_page(page, pool)
+                read, rows = page
+                report.rows_read += read
+                prepared = self._prepare_page(rows, pool, backfill=backfill)
                 page_max = max(values["modified_at"] for values in prepared.rows.values())
                 max_modified = page_max if max_modified is None else max(max_modified, page_max)
                 # This page's journals are read while the previous one is written.
@@ -523,17 +598,26 @@ class SyncEngine:
                 pending = prepared
             if pending is not None:
                 self._write_page(pending, held, report, changes)
-            self._write_held(held, report, changes)
+            self._write_held(held, report, changes, backfill=backfill)
+            if backfill:
+                self._backfill_edges(report)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            if backfill:
+                drop_temp(BACKFILL_EDGES)
         # Includes our writes between batches: the stream, and so Restate's scan, lasts that long.
         report.scan_s = time.monotonic() - t0
         return max_modified
 
-    def _prepare_page(self, page: list[dict[str, Any]], pool: ThreadPoolExecutor) -> _FirstSight:
-        """Map a page and start reading the journals of the rows not in our copy."""
+    def _values(self, page: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         now = self.clock()
-        rows = {row["id"]: mapping.invocation_values(row, now=now) for row in page}
+        return {row["id"]: mapping.invocation_values(row, now=now) for row in page}
+
+    def _prepare_page(
+        self, rows: dict[str, dict[str, Any]], pool: ThreadPoolExecutor, *, backfill: bool
+    ) -> _FirstSight:
+        """Start reading the journals of the page's rows not in our copy (a backfill read them
+        all before the scan)."""
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT id FROM {Invocation._meta.db_table} WHERE id = ANY(%s)", [list(rows)])
             ours = {inv_id for (inv_id,) in cursor.fetchall()}
@@ -541,10 +625,10 @@ class SyncEngine:
         behind = [
             _Behind(v["id"], None, v["journal_size"], 0, v["service_name"], v["handler_name"])
             for inv_id, v in rows.items()
-            if inv_id in new and v["journal_size"] > 0
+            if inv_id in new and v["journal_size"] > 0 and not backfill
         ]
         journals = pool.submit(self._fetch_whole_journals, behind) if behind else None
-        return _FirstSight(rows=rows, new=new, behind=behind, journals=journals)
+        return _FirstSight(rows=rows, new=new, behind=behind, journals=journals, backfill=backfill)
 
     def _fetch_whole_journals(self, behind: list[_Behind]) -> list[dict[str, Any]]:
         # In JOURNAL_IDS_PER_QUERY chunks: one IN list of a whole page's ids is slower per id.
@@ -573,7 +657,7 @@ class SyncEngine:
 
         def commit() -> None:
             with transaction.atomic():
-                changed = self._upsert_invocations(write)
+                changed = self._upsert_invocations(write, journal_held=page.backfill)
                 self._upsert_journal(entries, edges)
             report.changed += len(changed)
             changes.add(changed)
@@ -646,12 +730,12 @@ class SyncEngine:
                 write.append(values)
         return write
 
-    def _write_held(self, held: _Held, report: StepReport, changes: Changes) -> None:
+    def _write_held(self, held: _Held, report: StepReport, changes: Changes, *, backfill: bool) -> None:
         """Write the held rows (their parents never came): with a null root, which
         `_resolve_roots` fills once an ancestor is in our copy."""
         rows = held.take(keep=0)
         if rows:
-            changed = self._upsert_invocations(rows)
+            changed = self._upsert_invocations(rows, journal_held=backfill)
             report.changed += len(changed)
             changes.add(changed)
 
@@ -762,7 +846,10 @@ class SyncEngine:
         return edges
 
     @staticmethod
-    def _upsert_journal(entries: list[dict[str, Any]], edges: list[dict[str, Any]]) -> None:
+    def _upsert_journal(
+        entries: list[dict[str, Any]], edges: list[dict[str, Any]], *, source: str | None = None
+    ) -> int:
+        """Write journal entries and edges (or the edges `source` selects); returns the edges written."""
         upsert(
             JournalEntry,
             entries,
@@ -783,8 +870,65 @@ class SyncEngine:
             ],
             guard_fields=["callee_id", "kind", "fire_at"],
             returning=["created_at"],
+            source=source,
         )
         rollups.mark_dirty(created_at for (created_at,) in written)
+        return len(written)
+
+    def _backfill_journals(self, report: StepReport) -> None:
+        """A first sync reads every journal in one unfiltered scan of sys_journal, before the
+        invocations, so each invocation is inserted once with journal_synced_size set.
+
+        Measured at 110,000 entries: 1.6 s of Restate's CPU, against 5.6 s for the same entries
+        read by id 200 invocations at a time (each IN list is one lookup per id). The edges an
+        entry records need their caller's handler, which only the invocation row has: they are
+        staged in a temp table and written, joined with the invocations, after the scan.
+        Entries of an invocation purged between this scan and the invocation scan stay behind
+        without their row (Restate keeps no tombstone to tell).
+        """
+        sql = f"SELECT {', '.join(mapping.JOURNAL_COLUMNS)} FROM sys_journal"
+
+        def chunks() -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+            chunk: dict[tuple[str, int], dict[str, Any]] = {}
+            for batch in self.client.query_batches(sql):
+                for row in batch:
+                    values = mapping.journal_values(row)
+                    # A scan without a common snapshot may show an entry twice; one write each.
+                    chunk[values["invocation_id"], values["index"]] = values
+                if len(chunk) >= JOURNAL_BACKFILL_ROWS:
+                    yield list(chunk.values()), [e for e in map(mapping.edge_values, chunk.values()) if e is not None]
+                    chunk = {}
+            if chunk:
+                yield list(chunk.values()), [e for e in map(mapping.edge_values, chunk.values()) if e is not None]
+
+        drop_temp(BACKFILL_EDGES)
+        stage(BACKFILL_EDGES, InvocationEdge, [])  # there even when no journal records an edge
+
+        def commit(entries: list[dict[str, Any]], edges: list[dict[str, Any]]) -> None:
+            with transaction.atomic():
+                self._upsert_journal(entries, [])
+                stage(BACKFILL_EDGES, InvocationEdge, edges)
+
+        for entries, edges in _prefetched(chunks()):
+            try:
+                commit(entries, edges)
+            except DataError:
+                _parse_json(entries)
+                commit(entries, edges)
+            report.journal_entries += len(entries)
+
+    def _backfill_edges(self, report: StepReport) -> None:
+        """The staged edges of the invocations now in our copy, each with its caller's handler."""
+        qn = connection.ops.quote_name
+        caller = {"caller_service": "i.service_name", "caller_handler": "i.handler_name"}
+        columns = [f.column for f in InvocationEdge._meta.local_concrete_fields if f.column]
+        select = ", ".join(f"{caller.get(c, f'e.{qn(c)}')} AS {qn(c)}" for c in columns)
+        source = (
+            f"(SELECT DISTINCT ON (e.caller_id, e.journal_index) {select} FROM {BACKFILL_EDGES} e "
+            f"JOIN {Invocation._meta.db_table} i ON i.id = e.caller_id)"
+        )
+        with transaction.atomic():
+            report.edges += self._upsert_journal([], [], source=source)
 
     def _write_journals(
         self,

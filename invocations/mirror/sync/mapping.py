@@ -8,7 +8,7 @@ out) or from Arrow (aware datetimes); both are accepted.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from invocations.mirror.models import (
@@ -98,6 +98,14 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _duration(value: Any) -> str | None:
+    """A retention as text: ISO-8601 from JSON (`PT86400S`), a timedelta from Arrow written
+    as PostgreSQL's interval text (`1 day 0:00:00`, what psycopg sent for it before)."""
+    if isinstance(value, timedelta):
+        return str(value).replace(",", "")
+    return value
+
+
 def invocation_values(row: Row, *, now: datetime) -> Row:
     """An invocation row as our column values (attnames), every column present.
 
@@ -141,8 +149,8 @@ def invocation_values(row: Row, *, now: datetime) -> Row:
         "scheduled_start_at": parse_timestamp(row.get("scheduled_start_at")),
         "running_at": parse_timestamp(row.get("running_at")),
         "completed_at": parse_timestamp(row.get("completed_at")),
-        "completion_retention": row.get("completion_retention"),
-        "journal_retention": row.get("journal_retention"),
+        "completion_retention": _duration(row.get("completion_retention")),
+        "journal_retention": _duration(row.get("journal_retention")),
         "first_seen_at": now,
         "synced_at": now,
         "journal_synced_size": 0,
