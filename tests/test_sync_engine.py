@@ -127,10 +127,20 @@ def add_trees_children_first(restate: FakeRestate, at: timedelta = timedelta(0))
     return ids
 
 
-@pytest.mark.parametrize("first_sync", [True, False], ids=["backfill", "new rows of a later step"])
+@pytest.mark.parametrize(
+    ("first_sync", "counts_max"),
+    [(True, 1000), (True, 0), (False, 1000)],
+    ids=["backfill", "backfill counting entries in SQL", "new rows of a later step"],
+)
 def test_a_first_sight_writes_each_row_once_with_its_root_and_journal(
-    transactional_db: None, restate: FakeRestate, sent: Sent, first_sync: bool
+    transactional_db: None,
+    restate: FakeRestate,
+    sent: Sent,
+    monkeypatch: pytest.MonkeyPatch,
+    first_sync: bool,
+    counts_max: int,
 ) -> None:
+    monkeypatch.setattr(engine_module, "BACKFILL_COUNTS_MAX", counts_max)
     engine = make_engine(restate, page_rows=2)
     restate.batch_rows = 2
     if not first_sync:
@@ -174,6 +184,14 @@ def test_a_first_sight_writes_each_row_once_with_its_root_and_journal(
     restate.add(99, modified_at=T0 + timedelta(minutes=5))
     assert engine.sync_once().roots_resolved == 1
     assert Invocation.objects.get(id=ids[-1]).root_id == fake_id(99)
+
+
+def test_a_backfill_leaves_its_reconciliation_to_the_next_step(transactional_db: None, restate: FakeRestate) -> None:
+    engine = make_engine(restate)
+    SyncState.objects.filter(id=1).update(last_reconcile_at=None)
+    restate.add(1)
+    assert engine.sync_once().reconcile is None, "the backfill read every row just now"
+    assert engine.sync_once().reconcile is not None, "due in the next step"
 
 
 def test_rows_past_the_held_bound_are_written_at_once_and_their_roots_still_resolved(
