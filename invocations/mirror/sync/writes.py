@@ -146,8 +146,13 @@ def upsert(
             action += f" WHERE ({ours}) IS DISTINCT FROM ({theirs})"
     ret = f" RETURNING {', '.join('t.' + qn(col(r)) for r in returning)}" if returning else ""
 
-    # The raw psycopg cursor (for COPY) skips Django's error translation; restore it.
-    with transaction.atomic(), connection.cursor() as wrapper, connection.wrap_database_errors:
+    # The raw psycopg cursor (for COPY) skips Django's error translation; restore it. No savepoint
+    # within a caller's transaction: no caller goes on after an error, and each one is a round trip.
+    with (
+        transaction.atomic(savepoint=False),
+        connection.cursor() as wrapper,
+        connection.wrap_database_errors,
+    ):
         cursor = wrapper.cursor
         if source is None:
             cursor.execute(
