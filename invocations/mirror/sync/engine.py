@@ -553,7 +553,12 @@ class SyncEngine:
                 guard_fields=INVOCATION_GUARD_FIELDS,
                 keep_existing_fields=["root"],
                 insert_sql=insert_sql,
-                update_sql={"synced_at": "clock_timestamp()", "gone_from_restate_at": "NULL"},
+                update_sql={
+                    "synced_at": "clock_timestamp()",
+                    "gone_from_restate_at": "NULL",
+                    # A row whose grown journal was read with it says so; others (0) keep ours.
+                    "journal_synced_size": "GREATEST(t.journal_synced_size, EXCLUDED.journal_synced_size)",
+                },
                 returning=["id", "root", "created_at"],
             )
             rollups.mark_dirty(created_at for _, _, created_at in changed)
@@ -639,18 +644,23 @@ class SyncEngine:
         journal_counts: dict[str, int] | None = None,
         all_new: bool = False,
     ) -> _FirstSight:
-        """Start reading the journals of the page's rows not in our copy (a backfill read them
-        all before the scan)."""
-        ours: set[str] = set()
+        """Start reading the journal entries the page's rows have and we lack: whole journals
+        of the rows not in our copy, the new entries of those whose journal grew (a backfill
+        read every journal before the scan). Their journal state is then written with the
+        row, so a step asks Restate for journals once, not once for new rows and once more
+        for the backlog."""
+        ours: dict[str, int] = {}  # id -> journal entries we hold
         if not all_new:
             with connection.cursor() as cursor:
-                cursor.execute(f"SELECT id FROM {Invocation._meta.db_table} WHERE id = ANY(%s)", [list(rows)])
-                ours = {inv_id for (inv_id,) in cursor.fetchall()}
+                cursor.execute(
+                    f"SELECT id, journal_synced_size FROM {Invocation._meta.db_table} WHERE id = ANY(%s)", [list(rows)]
+                )
+                ours = dict(cursor.fetchall())
         new = {inv_id for inv_id in rows if inv_id not in ours}
         behind = [
-            _Behind(v["id"], None, v["journal_size"], 0, v["service_name"], v["handler_name"])
+            _Behind(v["id"], None, v["journal_size"], ours.get(inv_id, 0), v["service_name"], v["handler_name"])
             for inv_id, v in rows.items()
-            if inv_id in new and v["journal_size"] > 0 and not backfill
+            if v["journal_size"] > ours.get(inv_id, 0) and not backfill
         ]
         journals = pool.submit(self._fetch_whole_journals, behind) if behind else None
         return _FirstSight(
@@ -672,7 +682,7 @@ class SyncEngine:
         for b in page.behind:
             values = page.rows[b.id]
             # As `_write_journals` records a backlog row's: all Restate holds is now ours.
-            values["journal_synced_size"] = max(b.journal_size, read_to.get(b.id, 0))
+            values["journal_synced_size"] = max(b.journal_size, b.held, read_to.get(b.id, 0))
             if b.id not in read_to:
                 values["journal_attempted_at"] = tried_at
         if page.journal_counts is not None:
