@@ -263,6 +263,22 @@ def test_journal_is_read_from_the_first_entry_we_do_not_hold(transactional_db: N
     assert not restate.journal_queries(), "nothing grew: no journal query"
 
 
+def test_a_grown_journal_is_read_with_its_row_and_the_row_written_once(
+    transactional_db: None, restate: FakeRestate
+) -> None:
+    engine = make_engine(restate)
+    a = restate.add(1, status="running", journal=2)
+    engine.sync_once()
+    restate.append_entry(a, index=2)
+    restate.queries.clear()
+    before = invocation_writes()
+    engine.sync_once()
+    inserted, updated = (after - was for after, was in zip(invocation_writes(), before, strict=True))
+    assert (inserted, updated) == (0, 1), "the row and its journal state in one write"
+    assert len(restate.journal_queries()) == 1
+    assert Invocation.objects.get(id=a).journal_synced_size == 3
+
+
 def test_not_started_input_is_asked_for_rarely_not_every_step(transactional_db: None, restate: FakeRestate) -> None:
     engine = make_engine(restate, input_retry=timedelta(minutes=1))
     delayed = restate.add(1, status="scheduled", journal=0, journal_size=0)
