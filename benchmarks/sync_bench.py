@@ -9,7 +9,8 @@ machine; absolute figures are this machine's. It prints:
 
 1. Throughput: invocations mirrored per second by `sync_once()` from empty,
    journal entries included, against two baselines on the same rows:
-   a. the raw `/query` reads alone (the same scan + journals by id, no writes);
+   a. the raw `/query` reads alone (the same scan + journals by id, no writes), as a
+      steady step reads them; a first sync scans sys_journal whole instead (engine.py);
    b. a bare psycopg COPY + INSERT ... ON CONFLICT DO UPDATE of the same rows
       into scratch tables shaped like ours (same indexes), no Django.
 2. Peak memory of a full sync from empty (`manage.py sync_restate --once` in a

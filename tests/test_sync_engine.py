@@ -97,6 +97,141 @@ def test_a_row_appearing_behind_the_watermark_within_the_window_is_not_lost(
     assert Invocation.objects.filter(id=late).exists()
 
 
+# ------------------------------------------------------------------ first sight
+
+
+def invocation_writes() -> tuple[int, int]:
+    """(rows inserted, rows updated) in our invocation table so far, from PostgreSQL's own counters."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")  # this backend's counts, flushed once idle
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT n_tup_ins, n_tup_upd FROM pg_stat_user_tables WHERE relname = %s", [Invocation._meta.db_table]
+        )
+        inserted, updated = cursor.fetchone()
+        return inserted, updated
+
+
+def add_trees_children_first(restate: FakeRestate, at: timedelta = timedelta(0)) -> list[str]:
+    """Restate scans partition by partition: children often come before their parents."""
+    ids = [
+        restate.add(3, parent=2, journal=2, modified_at=T0 + at),  # a grandchild, two pages before its root
+        restate.add(4, parent=1, journal=2, modified_at=T0 + at),
+        restate.add(2, parent=1, journal=3, modified_at=T0 + at),
+        restate.add(5, journal=1, modified_at=T0 + at),  # a tree that arrives whole in one page
+        restate.add(6, parent=5, journal=2, modified_at=T0 + at),
+        restate.add(1, journal=4, modified_at=T0 + at),
+        restate.add(7, parent=99, journal=1, modified_at=T0 + at),  # its parent is not in Restate's scan at all
+    ]
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("first_sync", "counts_max"),
+    [(True, 1000), (True, 0), (False, 1000)],
+    ids=["backfill", "backfill counting entries in SQL", "new rows of a later step"],
+)
+def test_a_first_sight_writes_each_row_once_with_its_root_and_journal(
+    transactional_db: None,
+    restate: FakeRestate,
+    sent: Sent,
+    monkeypatch: pytest.MonkeyPatch,
+    first_sync: bool,
+    counts_max: int,
+) -> None:
+    monkeypatch.setattr(engine_module, "BACKFILL_COUNTS_MAX", counts_max)
+    engine = make_engine(restate, page_rows=2)
+    restate.batch_rows = 2
+    if not first_sync:
+        # A later step reads the journals of its new rows by id, not in one scan.
+        restate.add(50, modified_at=T0)
+        engine.sync_once()
+        restate.queries.clear()
+        sent.clear()
+    ids = add_trees_children_first(restate, at=timedelta(minutes=1))
+    before = invocation_writes()
+    report = engine.sync_once()
+    scans = [q for q in restate.journal_queries() if " IN " not in q]
+    assert len(scans) == int(first_sync)
+    inserted, updated = (after - was for after, was in zip(invocation_writes(), before, strict=True))
+
+    roots = dict(Invocation.objects.filter(id__in=ids).values_list("id", "root_id"))
+    assert roots == {
+        fake_id(3): fake_id(1), fake_id(4): fake_id(1), fake_id(2): fake_id(1), fake_id(1): fake_id(1),
+        fake_id(5): fake_id(5), fake_id(6): fake_id(5), fake_id(7): None,
+    }  # fmt: skip
+    assert report.roots_resolved == 0, "no root left for the UPDATE pass but the parentless one"
+    assert list(Invocation.objects.filter(id__in=ids).values_list("journal_synced_size", flat=True).order_by("id")) == [
+        4,
+        3,
+        2,
+        2,
+        1,
+        2,
+        1,
+    ]
+    assert JournalEntry.objects.filter(invocation_id__in=ids).count() == 15 and report.journal_entries == 15
+    assert (inserted, updated) == (len(ids), 0), "each row written once: root and journal state in the insert"
+    assert listed_ids(sent) == set(ids)
+    assert tree_groups(sent) == {
+        events.tree_group(fake_id(1)),
+        events.tree_group(fake_id(5)),
+        events.tree_group(ids[-1]),
+    }
+
+    # The parentless row's parent appears: resolved by the UPDATE pass, as before.
+    restate.add(99, modified_at=T0 + timedelta(minutes=5))
+    assert engine.sync_once().roots_resolved == 1
+    assert Invocation.objects.get(id=ids[-1]).root_id == fake_id(99)
+
+
+def test_a_backfill_leaves_its_reconciliation_to_the_next_step(transactional_db: None, restate: FakeRestate) -> None:
+    engine = make_engine(restate)
+    SyncState.objects.filter(id=1).update(last_reconcile_at=None)
+    restate.add(1)
+    assert engine.sync_once().reconcile is None, "the backfill read every row just now"
+    assert engine.sync_once().reconcile is not None, "due in the next step"
+
+
+def test_rows_past_the_held_bound_are_written_at_once_and_their_roots_still_resolved(
+    transactional_db: None, restate: FakeRestate, sent: Sent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "MAX_HELD_ORPHANS", 1)
+    engine = make_engine(restate, page_rows=2)
+    restate.batch_rows = 2
+    add_trees_children_first(restate)
+    report = engine.sync_once()
+    assert report.roots_resolved >= 1, "a child written before its parent came is completed by the UPDATE pass"
+    assert Invocation.objects.filter(root__isnull=True).count() == 1  # the parentless one
+    assert tree_groups(sent) >= {events.tree_group(fake_id(1)), events.tree_group(fake_id(5))}
+
+
+def test_held_rows_are_committed_with_the_pages_read_before_restate_fails(
+    transactional_db: None, restate: FakeRestate
+) -> None:
+    engine = make_engine(restate, page_rows=2)
+    restate.batch_rows = 2
+    add_trees_children_first(restate)
+
+    def fail_on_the_third_batch(sql: str) -> None:
+        if sql.startswith("-- batch 2 of: SELECT id, target,"):
+            raise RestateUnavailable("connection lost mid-scan")
+
+    restate.before_query = fail_on_the_third_batch
+    with pytest.raises(RestateUnavailable):
+        engine.sync_once()
+    held = {fake_id(3), fake_id(4), fake_id(2)}  # read, parent not yet seen
+    assert set(Invocation.objects.values_list("id", flat=True)) == held | {fake_id(5)}
+    assert all(i.journal_synced_size == i.journal_size for i in Invocation.objects.all())
+    # A first sync reads every journal before the invocations.
+    assert set(JournalEntry.objects.values_list("invocation_id", flat=True)) == set(restate.invocations)
+
+    restate.before_query = None
+    engine.sync_once()
+    assert Invocation.objects.filter(root_id=fake_id(1)).count() == 4
+
+
 # ------------------------------------------------------------------ journals
 
 
@@ -126,6 +261,22 @@ def test_journal_is_read_from_the_first_entry_we_do_not_hold(transactional_db: N
     restate.queries.clear()
     engine.sync_once()
     assert not restate.journal_queries(), "nothing grew: no journal query"
+
+
+def test_a_grown_journal_is_read_with_its_row_and_the_row_written_once(
+    transactional_db: None, restate: FakeRestate
+) -> None:
+    engine = make_engine(restate)
+    a = restate.add(1, status="running", journal=2)
+    engine.sync_once()
+    restate.append_entry(a, index=2)
+    restate.queries.clear()
+    before = invocation_writes()
+    engine.sync_once()
+    inserted, updated = (after - was for after, was in zip(invocation_writes(), before, strict=True))
+    assert (inserted, updated) == (0, 1), "the row and its journal state in one write"
+    assert len(restate.journal_queries()) == 1
+    assert Invocation.objects.get(id=a).journal_synced_size == 3
 
 
 def test_not_started_input_is_asked_for_rarely_not_every_step(transactional_db: None, restate: FakeRestate) -> None:

@@ -12,7 +12,12 @@ Why it is shaped this way (all measured, see DESIGN.md):
   however many rows Restate holds.
 - The journal is read by id (indexed), only for invocations whose journal grew,
   and only from the first entry we do not hold; never filtered by entry type or
-  time (a scan of a much larger table).
+  time (a scan of a much larger table). A first sync (no watermark) is the
+  exception: it needs every journal, and one unfiltered scan of sys_journal costs
+  Restate a third of reading the same entries by id.
+- An invocation seen for the first time is written once, with its root and its
+  journal state: each write of that wide, much-indexed row is what a backfill
+  spent its time on (see `_sync_invocations`).
 - Purges and expiries leave no trace in a delta, and a missed row would stay
   missed: a periodic reconciliation compares every (id, modified_at, status)
   with ours, re-reads what differs and marks gone only what Restate no longer has.
@@ -24,11 +29,14 @@ Why it is shaped this way (all measured, see DESIGN.md):
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, DataError, InterfaceError, connection, transaction
@@ -53,10 +61,11 @@ from invocations.mirror.models import (
 from invocations.mirror.status import NOT_STARTED, QUIET_STATUSES
 from invocations.mirror.sync import hints, mapping
 from invocations.mirror.sync.lock import snapshot_write_lock
-from invocations.mirror.sync.writes import copy_into_temp, drop_temp, replace_all, upsert
+from invocations.mirror.sync.writes import copy_into_temp, drop_temp, replace_all, stage, upsert
 from invocations.restate import QueryError, RestateClient, sql_list, sql_literal
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 JOURNAL_IDS_PER_QUERY = 200
 # Ids of one journal batch are grouped by the first index we lack, one query per group
@@ -66,6 +75,9 @@ JOURNAL_IDS_PER_QUERY = 200
 JOURNAL_QUERIES_PER_BATCH = 4
 # Restate's id lookups are indexed; one IN list stays at most this long.
 IDS_PER_QUERY = 1000
+# First-seen rows held back, at most, until their parent comes later in the scan (see
+# `_sync_invocations`): ~1.5 KB each in memory. Past it the oldest are written with a null root.
+MAX_HELD_ORPHANS = 10_000
 # Ids kept for the live-update broadcast; past this (a first load) pages are told "everything changed".
 MAX_TRACKED_CHANGES = 5000
 PROMISE_SQL = (
@@ -97,6 +109,13 @@ NEWER_STATE_SQL = (
     "t.modified_at IS NULL OR EXCLUDED.modified_at IS NULL OR EXCLUDED.modified_at > t.modified_at "
     "OR (EXCLUDED.modified_at = t.modified_at AND EXCLUDED.retry_count >= t.retry_count)"
 )
+# A backfill's journal entries are written this many at a time (their payloads are held meanwhile).
+JOURNAL_BACKFILL_ROWS = 5000
+# The edges a backfill's journal scan found, until their callers' rows are written (session temp table).
+BACKFILL_EDGES = "sync_backfill_edges"
+# Invocations whose entry count a backfill keeps in memory (~200 bytes each), so their insert
+# carries it; past this it is counted in SQL as each is inserted (measured: 35 us a row).
+BACKFILL_COUNTS_MAX = 100_000
 # Temp tables of a reconciliation (session-scoped: it commits page by page).
 LISTING_TABLE = "sync_reconcile_listing"
 DIFF_TABLE = "sync_reconcile_diff"
@@ -189,6 +208,114 @@ class _Behind:
     handler: str
 
 
+@dataclass
+class _FirstSight:
+    """A page of the scan, mapped, with the journals of its first-seen rows being read."""
+
+    rows: dict[str, dict[str, Any]]  # id -> column values, in scan order
+    new: set[str]  # ids not in our copy when the page was read
+    behind: list[_Behind]  # the new rows with a journal, read from index 0
+    journals: Future[list[dict[str, Any]]] | None
+    backfill: bool  # journals already read by `_backfill_journals`
+    journal_counts: dict[str, int] | None  # entries it wrote per invocation; None: count in SQL
+
+
+@dataclass
+class _Held:
+    """First-seen rows held back until an ancestor the scan has not shown yet comes, oldest first."""
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The missing ancestor's id -> the held rows whose chain of parents stops just below it:
+    # a page wakes only the rows it can resolve, not every held row.
+    waiting: dict[str, set[str]] = field(default_factory=dict)
+
+    def hold(self, values: dict[str, Any], missing: str) -> None:
+        self.rows[values["id"]] = values
+        self.waiting.setdefault(missing, set()).add(values["id"])
+
+    def wake(self, arrived: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Take out the rows waiting for one of `arrived`."""
+        woken: dict[str, dict[str, Any]] = {}
+        for inv_id in arrived:
+            for held_id in self.waiting.pop(inv_id, ()):
+                if held_id in self.rows:  # not already written (past the bound) or read again
+                    woken[held_id] = self.rows.pop(held_id)
+        return woken
+
+    def take(self, *, keep: int) -> list[dict[str, Any]]:
+        """The oldest rows past `keep`, taken out."""
+        taken = []
+        while len(self.rows) > keep:
+            taken.append(self.rows.pop(next(iter(self.rows))))
+        if not self.rows:
+            self.waiting.clear()
+        return taken
+
+
+def _prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """`items`, produced in a worker thread up to `depth` ahead.
+
+    Restate's answer is read and decoded while the previous part is written: psycopg
+    releases the GIL while PostgreSQL works, and Restate works meanwhile instead of waiting
+    for us to ask for more. An error of the producer is raised here, after what it produced.
+    """
+    handoff: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, done))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put((False, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # the HTTP stream, when the consumer stopped early
+
+    worker = threading.Thread(target=produce, name="sync-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = handoff.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _read_to(entries: list[dict[str, Any]]) -> dict[str, int]:
+    """Per invocation, one past the last entry read."""
+    read_to: dict[str, int] = {}
+    for entry in entries:
+        inv_id = entry["invocation_id"]
+        read_to[inv_id] = max(read_to.get(inv_id, 0), entry["index"] + 1)
+    return read_to
+
+
+def _parse_json(entries: list[dict[str, Any]]) -> None:
+    # Restate's JSON went to jsonb unparsed; if one is not valid JSON, keep it as text.
+    for entry in entries:
+        entry["entry"] = mapping.load_json(entry["entry"])
+        entry["entry_lite"] = mapping.load_json(entry["entry_lite"])
+
+
 class SyncEngine:
     def __init__(
         self,
@@ -272,7 +399,12 @@ class SyncEngine:
         overlap = self.overlap_for(last_scan_s=state.last_scan_s)
         report.overlap_s = overlap.total_seconds() if state.watermark is not None else None
         report.watermark = self._sync_invocations(state.watermark, overlap, report, changes)
-        if state.last_reconcile_at is None or started - state.last_reconcile_at >= self.reconcile_every:
+        # A backfill has just read every row Restate holds, and the rows committed during its
+        # scan come with the next step's overlap window: its reconciliation (a second listing of
+        # everything) is left to the next step, which finds it due, so the first copy is there sooner.
+        backfilled = state.watermark is None and report.rows_read > 0
+        due = state.last_reconcile_at is None or started - state.last_reconcile_at >= self.reconcile_every
+        if due and not backfilled:
             # Before roots and journals, so the rows it re-reads get both in this step.
             report.reconcile = self._reconcile(changes)
         report.roots_resolved = self._resolve_roots(changes)
@@ -477,20 +609,35 @@ class SyncEngine:
         return list({row["id"]: mapping.invocation_from_row(row, now=now) for row in rows}.values())
 
     @staticmethod
-    def _upsert_invocations(invocations: list[Invocation]) -> list[tuple[str, str | None]]:
+    def _upsert_invocations(
+        invocations: Sequence[Invocation | dict[str, Any]], *, journal_held: bool = False
+    ) -> list[tuple[str, str | None]]:
         """Write Restate's rows; returns (id, root_id) of the rows that changed.
 
+        journal_held: an inserted row's journal_synced_size is the entries we hold (a backfill
+        wrote every journal first); past them, a larger journal_size puts it in the backlog.
         The hours of the rows that changed are marked for the rollups in the same transaction.
         """
-        with transaction.atomic():
+        insert_sql = {"first_seen_at": "clock_timestamp()", "synced_at": "clock_timestamp()"}
+        if journal_held:
+            insert_sql["journal_synced_size"] = (
+                f'(SELECT COALESCE(MAX(j."index") + 1, 0) FROM {JournalEntry._meta.db_table} j '
+                "WHERE j.invocation_id = s.id)"
+            )
+        with transaction.atomic(savepoint=False):
             changed = upsert(
                 Invocation,
                 invocations,
                 update_fields=INVOCATION_UPDATE_FIELDS,
                 guard_fields=INVOCATION_GUARD_FIELDS,
                 keep_existing_fields=["root"],
-                insert_sql={"first_seen_at": "clock_timestamp()", "synced_at": "clock_timestamp()"},
-                update_sql={"synced_at": "clock_timestamp()", "gone_from_restate_at": "NULL"},
+                insert_sql=insert_sql,
+                update_sql={
+                    "synced_at": "clock_timestamp()",
+                    "gone_from_restate_at": "NULL",
+                    # A row whose grown journal was read with it says so; others (0) keep ours.
+                    "journal_synced_size": "GREATEST(t.journal_synced_size, EXCLUDED.journal_synced_size)",
+                },
                 returning=["id", "root", "created_at"],
                 newer_sql=NEWER_STATE_SQL,
             )
@@ -500,19 +647,217 @@ class SyncEngine:
     def _sync_invocations(
         self, watermark: datetime | None, overlap: timedelta, report: StepReport, changes: Changes
     ) -> datetime | None:
+        """Write the scan page by page, each invocation seen for the first time written once.
+
+        A row inserted with a null root, then given its root, then its journal_synced_size,
+        was three writes of a wide row with many indexes: a backfill spent most of its time
+        there. So a first-seen row gets, before its insert, its whole journal (read by id in a
+        worker thread while the previous page is written) and its root (from the same page, a
+        row held back or our copy). A row whose parent is not in our copy yet is held back
+        until the parent comes later in the scan (Restate scans partition by partition, so
+        about half the children of a backfill come before their parent), at most
+        MAX_HELD_ORPHANS of them; past that, and for parents the scan never shows, it is
+        written with a null root and `_resolve_roots` completes it. Held rows are never
+        committed without their journal entries being committed before or with them.
+        """
         max_modified: datetime | None = None
+        backfill = watermark is None
+        held = _Held()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-journals")
+        pending: _FirstSight | None = None
         t0 = time.monotonic()
-        for page in self._pages(self.invocation_scan_sql(watermark, overlap=overlap)):
-            report.rows_read += len(page)
-            invocations = self._mapped(page)
-            page_max = max(inv.modified_at for inv in invocations)
-            max_modified = page_max if max_modified is None else max(max_modified, page_max)
-            changed = self._upsert_invocations(invocations)
-            report.changed += len(changed)
-            changes.add(changed)
+        counts: dict[str, int] | None = None
+        # A backfill into an empty copy knows every row is new without asking page by page.
+        all_new = backfill and not Invocation.objects.exists()
+        try:
+            if backfill:
+                counts = self._backfill_journals(report)
+                t0 = time.monotonic()
+            # Mapped in the worker too: its Python time overlaps PostgreSQL's work on the page before.
+            pages = _prefetched(
+                (len(page), self._values(page))
+                for page in self._pages(self.invocation_scan_sql(watermark, overlap=overlap))
+            )
+            while True:
+                try:
+                    page = next(pages, None)
+                except Exception:
+                    # Restate failed mid-scan: what was read before is committed, as page by page.
+                    if pending is not None:
+                        self._write_page(pending, held, report, changes)
+                    self._write_held(held, report, changes, journal_held=backfill and counts is None)
+                    raise
+                if page is None:
+                    break
+                read, rows = page
+                report.rows_read += read
+                prepared = self._prepare_page(rows, pool, backfill=backfill, journal_counts=counts, all_new=all_new)
+                page_max = max(values["modified_at"] for values in prepared.rows.values())
+                max_modified = page_max if max_modified is None else max(max_modified, page_max)
+                # This page's journals are read while the previous one is written.
+                if pending is not None:
+                    self._write_page(pending, held, report, changes)
+                pending = prepared
+            if pending is not None:
+                self._write_page(pending, held, report, changes)
+            self._write_held(held, report, changes, journal_held=backfill and counts is None)
+            if backfill:
+                self._backfill_edges(report)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            if backfill:
+                drop_temp(BACKFILL_EDGES)
         # Includes our writes between batches: the stream, and so Restate's scan, lasts that long.
         report.scan_s = time.monotonic() - t0
         return max_modified
+
+    def _values(self, page: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        now = self.clock()
+        return {row["id"]: mapping.invocation_values(row, now=now) for row in page}
+
+    def _prepare_page(
+        self,
+        rows: dict[str, dict[str, Any]],
+        pool: ThreadPoolExecutor,
+        *,
+        backfill: bool,
+        journal_counts: dict[str, int] | None = None,
+        all_new: bool = False,
+    ) -> _FirstSight:
+        """Start reading the journal entries the page's rows have and we lack: whole journals
+        of the rows not in our copy, the new entries of those whose journal grew (a backfill
+        read every journal before the scan). Their journal state is then written with the
+        row, so a step asks Restate for journals once, not once for new rows and once more
+        for the backlog."""
+        ours: dict[str, int] = {}  # id -> journal entries we hold
+        if not all_new:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT id, journal_synced_size FROM {Invocation._meta.db_table} WHERE id = ANY(%s)", [list(rows)]
+                )
+                ours = dict(cursor.fetchall())
+        new = {inv_id for inv_id in rows if inv_id not in ours}
+        behind = [
+            _Behind(v["id"], None, v["journal_size"], ours.get(inv_id, 0), v["service_name"], v["handler_name"])
+            for inv_id, v in rows.items()
+            if v["journal_size"] > ours.get(inv_id, 0) and not backfill
+        ]
+        journals = pool.submit(self._fetch_whole_journals, behind) if behind else None
+        return _FirstSight(
+            rows=rows, new=new, behind=behind, journals=journals, backfill=backfill, journal_counts=journal_counts
+        )
+
+    def _fetch_whole_journals(self, behind: list[_Behind]) -> list[dict[str, Any]]:
+        # In JOURNAL_IDS_PER_QUERY chunks: one IN list of a whole page's ids is slower per id.
+        entries: list[dict[str, Any]] = []
+        for start in range(0, len(behind), JOURNAL_IDS_PER_QUERY):
+            entries += self._fetch_journals(behind[start : start + JOURNAL_IDS_PER_QUERY])
+        return entries
+
+    def _write_page(self, page: _FirstSight, held: _Held, report: StepReport, changes: Changes) -> None:
+        entries = page.journals.result() if page.journals is not None else []
+        callers = {b.id: b for b in page.behind}
+        read_to = _read_to(entries)
+        tried_at = self._db_now() if any(b.id not in read_to for b in page.behind) else None
+        for b in page.behind:
+            values = page.rows[b.id]
+            # As `_write_journals` records a backlog row's: all Restate holds is now ours.
+            values["journal_synced_size"] = max(b.journal_size, b.held, read_to.get(b.id, 0))
+            if b.id not in read_to:
+                values["journal_attempted_at"] = tried_at
+        if page.journal_counts is not None:
+            for inv_id in page.new:
+                page.rows[inv_id]["journal_synced_size"] = page.journal_counts.get(inv_id, 0)
+        edges = self._edges(entries, callers)
+        for inv_id in page.new:
+            held.rows.pop(inv_id, None)  # read again (a scan may show a row twice): this copy is newer
+        write = self._with_roots(page, held)
+        # Past the bound, the oldest held rows go now with a null root (resolved by UPDATE later).
+        write += held.take(keep=MAX_HELD_ORPHANS)
+
+        def commit() -> None:
+            with transaction.atomic():
+                changed = self._upsert_invocations(write, journal_held=page.backfill and page.journal_counts is None)
+                self._upsert_journal(entries, edges)
+            report.changed += len(changed)
+            changes.add(changed)
+
+        try:
+            commit()
+        except DataError:
+            _parse_json(entries)
+            commit()
+        report.journal_entries += len(entries)
+        report.edges += len(edges)
+
+    def _with_roots(self, page: _FirstSight, held: _Held) -> list[dict[str, Any]]:
+        """The page's rows to write now, roots filled in where their ancestors are known, and
+        the held rows this page resolved; a first-seen row whose chain of parents stops at one
+        not in our copy is held instead.
+
+        A held row's missing ancestor can only reach our copy through this scan (one engine
+        writes): so only the page's own rows' parents are looked up in our copy."""
+        rows = page.rows
+        woken = held.wake(rows)
+        candidates = {**woken, **rows}
+
+        def find(inv_id: str) -> dict[str, Any] | None:
+            return candidates.get(inv_id) or held.rows.get(inv_id)
+
+        unresolved = [v for v in candidates.values() if v["root_id"] is None]
+        outside = {v["parent_id"] for v in unresolved if find(v["parent_id"]) is None}
+        known: dict[str, str | None] = {}
+        if outside:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT id, root_id FROM {Invocation._meta.db_table} WHERE id = ANY(%s)", [list(outside)]
+                )
+                known = dict(cursor.fetchall())
+        # id -> (its root or None, the missing ancestor when its chain stops at one not in our copy).
+        outcome: dict[str, tuple[str | None, str | None]] = {}
+        bound = len(candidates) + len(held.rows)
+        for values in unresolved:
+            chain: list[dict[str, Any]] = []
+            current = values
+            while True:
+                if current["root_id"] is not None:
+                    result: tuple[str | None, str | None] = (current["root_id"], None)
+                    break
+                if current["id"] in outcome:
+                    result = outcome[current["id"]]
+                    break
+                if len(chain) > bound:
+                    result = (None, None)  # a cycle; Restate makes none, but never loop on one
+                    break
+                chain.append(current)
+                parent = current["parent_id"]
+                found = find(parent)
+                if found is None:
+                    result = (known.get(parent), None if parent in known else parent)
+                    break
+                current = found
+            for link in chain:
+                outcome[link["id"]] = result
+                if link["id"] in candidates:
+                    link["root_id"] = result[0]
+
+        write = []
+        for inv_id, values in candidates.items():
+            missing = outcome.get(inv_id, (None, None))[1]
+            if missing is not None and (inv_id in page.new or inv_id in woken):
+                held.hold(values, missing)
+            else:
+                write.append(values)
+        return write
+
+    def _write_held(self, held: _Held, report: StepReport, changes: Changes, *, journal_held: bool) -> None:
+        """Write the held rows (their parents never came): with a null root, which
+        `_resolve_roots` fills once an ancestor is in our copy."""
+        rows = held.take(keep=0)
+        if rows:
+            changed = self._upsert_invocations(rows, journal_held=journal_held)
+            report.changed += len(changed)
+            changes.add(changed)
 
     def _resolve_roots(self, changes: Changes) -> int:
         """Give each child its tree's root once every ancestor is in our copy.
@@ -564,7 +909,7 @@ class SyncEngine:
             ]
         return [_Behind(*row) for row in rows]
 
-    def _fetch_journals(self, backlog: list[_Behind]) -> list[JournalEntry]:
+    def _fetch_journals(self, backlog: list[_Behind]) -> list[dict[str, Any]]:
         """The entries we lack: `index >= held` per invocation, in at most JOURNAL_QUERIES_PER_BATCH queries."""
         held = {b.id: b.held for b in backlog}
         ordered = sorted(backlog, key=lambda b: b.held)
@@ -577,14 +922,14 @@ class SyncEngine:
             else:
                 groups.append(chunk)
         columns = ", ".join(mapping.JOURNAL_COLUMNS)
-        entries: list[JournalEntry] = []
+        entries: list[dict[str, Any]] = []
         for group in groups:
             sql = f"SELECT {columns} FROM sys_journal WHERE id IN {sql_list([b.id for b in group])}"
             if group[0].held:
                 sql += f" AND index >= {sql_literal(group[0].held)}"
             for batch in self.client.query_batches(sql):
                 # A group reads from its smallest index; skip what we hold of the others.
-                entries.extend(mapping.journal_entry_from_row(row) for row in batch if row["index"] >= held[row["id"]])
+                entries.extend(mapping.journal_values(row) for row in batch if row["index"] >= held[row["id"]])
         return entries
 
     def _sync_journals(self, report: StepReport, changes: Changes) -> None:
@@ -598,62 +943,133 @@ class SyncEngine:
             done.update(b.id for b in backlog)
             entries = self._fetch_journals(backlog)
             edges = self._edges(entries, {b.id: b for b in backlog})
-            read_to: dict[str, int] = {}
-            for entry in entries:
-                read_to[entry.invocation_id] = max(read_to.get(entry.invocation_id, 0), entry.index + 1)
+            read_to = _read_to(entries)
             try:
                 self._write_journals(entries, edges, backlog, read_to)
             except DataError:
-                # Restate's entry_json went to jsonb unparsed; if one is not valid JSON, keep it as text.
-                for entry in entries:
-                    entry.entry = mapping.load_json(entry.entry)
+                _parse_json(entries)
                 self._write_journals(entries, edges, backlog, read_to)
             changes.add((b.id, b.root_id) for b in backlog if b.id in read_to)
             report.journal_entries += len(entries)
             report.edges += len(edges)
 
     @staticmethod
-    def _edges(entries: list[JournalEntry], callers: dict[str, _Behind]) -> list[InvocationEdge]:
+    def _edges(entries: list[dict[str, Any]], callers: dict[str, _Behind]) -> list[dict[str, Any]]:
         """The call/send edges these entries record, each with its caller's handler (which never changes)."""
         edges = []
         for entry in entries:
-            edge = mapping.edge_from_journal_entry(entry)
+            edge = mapping.edge_values(entry)
             if edge is not None:
-                caller = callers[entry.invocation_id]
-                edge.caller_service, edge.caller_handler = caller.service, caller.handler
+                caller = callers[entry["invocation_id"]]
+                edge["caller_service"], edge["caller_handler"] = caller.service, caller.handler
                 edges.append(edge)
         return edges
 
+    @staticmethod
+    def _upsert_journal(
+        entries: list[dict[str, Any]], edges: list[dict[str, Any]], *, source: str | None = None
+    ) -> int:
+        """Write journal entries and edges (or the edges `source` selects); returns the edges written."""
+        upsert(
+            JournalEntry,
+            entries,
+            update_fields=["entry_type", "name", "appended_at", "entry", "entry_lite"],
+            guard_fields=["entry_lite"],
+        )
+        written = upsert(
+            InvocationEdge,
+            edges,
+            update_fields=[
+                "callee_id",
+                "kind",
+                "target_service",
+                "target_key",
+                "target_handler",
+                "created_at",
+                "fire_at",
+            ],
+            guard_fields=["callee_id", "kind", "fire_at"],
+            returning=["created_at"],
+            source=source,
+        )
+        rollups.mark_dirty(created_at for (created_at,) in written)
+        return len(written)
+
+    def _backfill_journals(self, report: StepReport) -> dict[str, int] | None:
+        """A first sync reads every journal in one unfiltered scan of sys_journal, before the
+        invocations, so each invocation is inserted once with journal_synced_size set.
+
+        Measured at 110,000 entries: 1.6 s of Restate's CPU, against 5.6 s for the same entries
+        read by id 200 invocations at a time (each IN list is one lookup per id). The edges an
+        entry records need their caller's handler, which only the invocation row has: they are
+        staged in a temp table and written, joined with the invocations, after the scan.
+        Entries of an invocation purged between this scan and the invocation scan stay behind
+        without their row (Restate keeps no tombstone to tell).
+
+        Returns the entries written per invocation (index of the last + 1), or None past
+        BACKFILL_COUNTS_MAX invocations.
+        """
+        counts: dict[str, int] | None = {}
+        sql = f"SELECT {', '.join(mapping.JOURNAL_COLUMNS)} FROM sys_journal"
+
+        def chunks() -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+            nonlocal counts
+            chunk: dict[tuple[str, int], dict[str, Any]] = {}
+            for batch in self.client.query_batches(sql):
+                for row in batch:
+                    values = mapping.journal_values(row)
+                    # A scan without a common snapshot may show an entry twice; one write each.
+                    inv_id, index = values["invocation_id"], values["index"]
+                    chunk[inv_id, index] = values
+                    if counts is not None and counts.get(inv_id, 0) <= index:
+                        counts[inv_id] = index + 1
+                if counts is not None and len(counts) > BACKFILL_COUNTS_MAX:
+                    counts = None
+                if len(chunk) >= JOURNAL_BACKFILL_ROWS:
+                    yield list(chunk.values()), [e for e in map(mapping.edge_values, chunk.values()) if e is not None]
+                    chunk = {}
+            if chunk:
+                yield list(chunk.values()), [e for e in map(mapping.edge_values, chunk.values()) if e is not None]
+
+        drop_temp(BACKFILL_EDGES)
+        stage(BACKFILL_EDGES, InvocationEdge, [])  # there even when no journal records an edge
+
+        def commit(entries: list[dict[str, Any]], edges: list[dict[str, Any]]) -> None:
+            with transaction.atomic():
+                self._upsert_journal(entries, [])
+                stage(BACKFILL_EDGES, InvocationEdge, edges)
+
+        for entries, edges in _prefetched(chunks()):
+            try:
+                commit(entries, edges)
+            except DataError:
+                _parse_json(entries)
+                commit(entries, edges)
+            report.journal_entries += len(entries)
+        return counts
+
+    def _backfill_edges(self, report: StepReport) -> None:
+        """The staged edges of the invocations now in our copy, each with its caller's handler."""
+        qn = connection.ops.quote_name
+        caller = {"caller_service": "i.service_name", "caller_handler": "i.handler_name"}
+        columns = [f.column for f in InvocationEdge._meta.local_concrete_fields if f.column]
+        select = ", ".join(f"{caller.get(c, f'e.{qn(c)}')} AS {qn(c)}" for c in columns)
+        source = (
+            f"(SELECT DISTINCT ON (e.caller_id, e.journal_index) {select} FROM {BACKFILL_EDGES} e "
+            f"JOIN {Invocation._meta.db_table} i ON i.id = e.caller_id)"
+        )
+        with transaction.atomic():
+            report.edges += self._upsert_journal([], [], source=source)
+
     def _write_journals(
         self,
-        entries: list[JournalEntry],
-        edges: list[InvocationEdge],
+        entries: list[dict[str, Any]],
+        edges: list[dict[str, Any]],
         backlog: list[_Behind],
         read_to: dict[str, int],
     ) -> None:
         with transaction.atomic():
-            upsert(
-                JournalEntry,
-                entries,
-                update_fields=["entry_type", "name", "appended_at", "entry", "entry_lite"],
-                guard_fields=["entry_lite"],
-            )
-            written = upsert(
-                InvocationEdge,
-                edges,
-                update_fields=[
-                    "callee_id",
-                    "kind",
-                    "target_service",
-                    "target_key",
-                    "target_handler",
-                    "created_at",
-                    "fire_at",
-                ],
-                guard_fields=["callee_id", "kind", "fire_at"],
-                returning=["created_at"],
-            )
-            rollups.mark_dirty(created_at for (created_at,) in written)
+            self._upsert_journal(entries, edges)
             # Everything Restate holds for these is now ours (journal_size as reported,
             # or further when the journal grew since); a later growth of journal_size
             # (a changed row) puts them back in the backlog. Nothing read: remember we

@@ -8,7 +8,7 @@ out) or from Arrow (aware datetimes); both are accepted.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from invocations.mirror.models import (
@@ -98,51 +98,69 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def invocation_from_row(row: Row, *, now: datetime) -> Invocation:
+def _duration(value: Any) -> str | None:
+    """A retention as text: ISO-8601 from JSON (`PT86400S`), a timedelta from Arrow written
+    as PostgreSQL's interval text (`1 day 0:00:00`, what psycopg sent for it before)."""
+    if isinstance(value, timedelta):
+        return str(value).replace(",", "")
+    return value
+
+
+def invocation_values(row: Row, *, now: datetime) -> Row:
+    """An invocation row as our column values (attnames), every column present.
+
+    The sync writes these dicts as they are: building a model instance per row cost
+    more than the COPY that writes it (a backfill maps tens of thousands per second).
+    """
     parent_id = row.get("invoked_by_id")
     created_at = parse_timestamp(row["created_at"])
     if created_at is None:
         raise ValueError(f"invocation {row.get('id')!r} has no created_at")
     modified_at = parse_timestamp(row.get("modified_at")) or created_at
-    return Invocation(
-        id=row["id"],
-        target=row.get("target", ""),
-        service_name=row.get("target_service_name", ""),
-        service_key=row.get("target_service_key"),
-        handler_name=row.get("target_handler_name", ""),
-        service_type=row.get("target_service_ty", ""),
-        status=row["status"],
-        completion_result=row.get("completion_result"),
-        completion_failure=row.get("completion_failure"),
-        idempotency_key=row.get("idempotency_key"),
-        invoked_by=row.get("invoked_by", ""),
-        parent_id=parent_id,
-        invoked_by_target=row.get("invoked_by_target"),
-        # A root is its own root; a child's root is resolved from its ancestors after the upsert.
-        root_id=None if parent_id else row["id"],
-        restarted_from=row.get("restarted_from"),
-        pinned_deployment_id=row.get("pinned_deployment_id"),
-        trace_id=row.get("trace_id"),
-        journal_size=_int(row.get("journal_size")),
-        retry_count=_int(row.get("retry_count")),
-        next_retry_at=parse_timestamp(row.get("next_retry_at")),
-        last_failure=row.get("last_failure"),
-        last_failure_error_code=_str(row.get("last_failure_error_code")),
-        last_failure_related_command_name=row.get("last_failure_related_command_name"),
-        created_at=created_at,
-        modified_at=modified_at,
-        inboxed_at=parse_timestamp(row.get("inboxed_at")),
-        scheduled_at=parse_timestamp(row.get("scheduled_at")),
-        scheduled_start_at=parse_timestamp(row.get("scheduled_start_at")),
-        running_at=parse_timestamp(row.get("running_at")),
-        completed_at=parse_timestamp(row.get("completed_at")),
-        completion_retention=row.get("completion_retention"),
-        journal_retention=row.get("journal_retention"),
-        first_seen_at=now,
-        synced_at=now,
-        journal_synced_size=0,
-        gone_from_restate_at=None,
-    )
+    return {
+        "id": row["id"],
+        "target": row.get("target", ""),
+        "service_name": row.get("target_service_name", ""),
+        "service_key": row.get("target_service_key"),
+        "handler_name": row.get("target_handler_name", ""),
+        "service_type": row.get("target_service_ty", ""),
+        "status": row["status"],
+        "completion_result": row.get("completion_result"),
+        "completion_failure": row.get("completion_failure"),
+        "idempotency_key": row.get("idempotency_key"),
+        "invoked_by": row.get("invoked_by", ""),
+        "parent_id": parent_id,
+        "invoked_by_target": row.get("invoked_by_target"),
+        # A root is its own root; a child's root is resolved from its ancestors by the engine.
+        "root_id": None if parent_id else row["id"],
+        "restarted_from": row.get("restarted_from"),
+        "pinned_deployment_id": row.get("pinned_deployment_id"),
+        "trace_id": row.get("trace_id"),
+        "journal_size": _int(row.get("journal_size")),
+        "retry_count": _int(row.get("retry_count")),
+        "next_retry_at": parse_timestamp(row.get("next_retry_at")),
+        "last_failure": row.get("last_failure"),
+        "last_failure_error_code": _str(row.get("last_failure_error_code")),
+        "last_failure_related_command_name": row.get("last_failure_related_command_name"),
+        "created_at": created_at,
+        "modified_at": modified_at,
+        "inboxed_at": parse_timestamp(row.get("inboxed_at")),
+        "scheduled_at": parse_timestamp(row.get("scheduled_at")),
+        "scheduled_start_at": parse_timestamp(row.get("scheduled_start_at")),
+        "running_at": parse_timestamp(row.get("running_at")),
+        "completed_at": parse_timestamp(row.get("completed_at")),
+        "completion_retention": _duration(row.get("completion_retention")),
+        "journal_retention": _duration(row.get("journal_retention")),
+        "first_seen_at": now,
+        "synced_at": now,
+        "journal_synced_size": 0,
+        "journal_attempted_at": None,
+        "gone_from_restate_at": None,
+    }
+
+
+def invocation_from_row(row: Row, *, now: datetime) -> Invocation:
+    return Invocation(**invocation_values(row, now=now))
 
 
 def _raw_json(value: Any) -> Any:
@@ -165,18 +183,24 @@ def load_json(value: Any) -> Any:
         return {"unparsed": str(value)}
 
 
+def journal_values(row: Row) -> Row:
+    """A journal row as our column values. Both JSON columns go to jsonb as Restate wrote
+    them (PostgreSQL parses them); only the entries that record an edge are parsed here."""
+    return {
+        "invocation_id": row["id"],
+        "index": int(row["index"]),
+        "entry_type": row.get("entry_type", ""),
+        "name": row.get("name") or None,
+        "appended_at": parse_timestamp(row.get("appended_at")),
+        "entry": _raw_json(row.get("entry_json")),
+        "entry_lite": _raw_json(row.get("entry_lite_json")),
+    }
+
+
 def journal_entry_from_row(row: Row) -> JournalEntry:
-    return JournalEntry(
-        invocation_id=row["id"],
-        index=int(row["index"]),
-        entry_type=row.get("entry_type", ""),
-        name=row.get("name") or None,
-        appended_at=parse_timestamp(row.get("appended_at")),
-        # The full entry (payloads included) is stored as Restate wrote it; only the
-        # small lite form is parsed, since edges are read from it.
-        entry=_raw_json(row.get("entry_json")),
-        entry_lite=load_json(row.get("entry_lite_json")),
-    )
+    values = journal_values(row)
+    values["entry_lite"] = load_json(row.get("entry_lite_json"))
+    return JournalEntry(**values)
 
 
 def _target_parts(target: dict[str, Any]) -> tuple[str, str | None, str]:
@@ -187,17 +211,22 @@ def _target_parts(target: dict[str, Any]) -> tuple[str, str | None, str]:
     return fields.get("name", ""), fields.get("key"), fields.get("handler", "")
 
 
-def edge_from_journal_entry(entry: JournalEntry) -> InvocationEdge | None:
-    """The call/send edge a journal entry records, or None for any other entry.
+def edge_values(entry: Row) -> Row | None:
+    """The call/send edge a journal entry (`journal_values`) records, as our column values,
+    or None for any other entry. The caller's service and handler are the caller's to add.
 
     With journal v2 the typed columns (invoked_id, invoked_target, ...) are null,
     so everything comes from entry_lite_json.
     """
-    if entry.entry_type not in EDGE_ENTRY_TYPES or not isinstance(entry.entry_lite, dict):
+    if entry["entry_type"] not in EDGE_ENTRY_TYPES:
         return None
-    command = entry.entry_lite.get("Command", {})
-    is_call = entry.entry_type == "Command: Call"
-    body = command.get("Call" if is_call else "OneWayCall")
+    lite = entry["entry_lite"]
+    lite = lite if isinstance(lite, dict) else load_json(lite)
+    if not isinstance(lite, dict):
+        return None
+    command = lite.get("Command", {})
+    is_call = entry["entry_type"] == "Command: Call"
+    body = command.get("Call" if is_call else "OneWayCall") if isinstance(command, dict) else None
     if not isinstance(body, dict):
         return None
     service, key, handler = _target_parts(body.get("invocation_target") or {})
@@ -206,17 +235,32 @@ def edge_from_journal_entry(entry: JournalEntry) -> InvocationEdge | None:
         kind = EdgeKind.CALL
     else:
         kind = EdgeKind.DELAYED_SEND if fire_at is not None else EdgeKind.SEND
-    return InvocationEdge(
-        caller_id=entry.invocation_id,
-        journal_index=entry.index,
-        callee_id=body.get("invocation_id"),
-        kind=kind,
-        target_service=service,
-        target_key=key,
-        target_handler=handler,
-        created_at=entry.appended_at,
-        fire_at=fire_at,
+    return {
+        "caller_id": entry["invocation_id"],
+        "journal_index": entry["index"],
+        "caller_service": "",
+        "caller_handler": "",
+        "callee_id": body.get("invocation_id"),
+        "kind": kind.value,
+        "target_service": service,
+        "target_key": key,
+        "target_handler": handler,
+        "created_at": entry["appended_at"],
+        "fire_at": fire_at,
+    }
+
+
+def edge_from_journal_entry(entry: JournalEntry) -> InvocationEdge | None:
+    values = edge_values(
+        {
+            "invocation_id": entry.invocation_id,
+            "index": entry.index,
+            "entry_type": entry.entry_type,
+            "appended_at": entry.appended_at,
+            "entry_lite": entry.entry_lite,
+        }
     )
+    return None if values is None else InvocationEdge(**values)
 
 
 def queued_from_row(row: Row) -> QueuedInvocation:
