@@ -17,12 +17,12 @@ from django.test import override_settings
 from playwright.sync_api import expect
 
 from demo.stack import start_web
-from invocations.mirror.models import FeedMode, Invocation, SyncState
+from invocations.mirror.models import Invocation, SyncState
 from invocations.restate import RestateClient
 from tests.conftest import TRACES_TOKEN
 from tests.test_browser import PASSWORD, page, redis_url  # noqa: F401  (fixtures used by name)
 from tests.test_browser_live import mark_page, off_loop, same_document
-from tests.test_trace_feed_restate import _database_url, start_sync, wait_until
+from tests.test_trace_feed_restate import _database_url, pushing_sync, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -48,15 +48,8 @@ def web(transactional_db: None, redis_url: str, tmp_path: Path, demo_stack: Any,
 def test_a_row_turns_completed_in_place_carried_by_spans_while_the_poll_waits_minutes(
     page: Any, web: str, restate: RestateClient, demo_stack: Any, redis_url: str, tmp_path: Path
 ) -> None:
-    log = tmp_path / "sync.log"
     minutes = {"SYNC_MIN_INTERVAL_S": "300", "SYNC_MAX_INTERVAL_S": "300", "SYNC_SAFETY_NET_S": "300"}
-    sync = start_sync(tmp_path, demo_stack, REDIS_URL=redis_url, **minutes)
-    try:
-        off_loop(lambda: wait_until(lambda: SyncState.objects.filter(last_success_at__isnull=False).exists(),
-                                    timeout=60, what="the first step", log=log))  # fmt: skip
-        restate.call("Greeter", "greet", payload="wake the feed")
-        off_loop(lambda: wait_until(lambda: SyncState.objects.filter(feed_mode=FeedMode.PUSH).exists(),
-                                    timeout=15, what="push mode", log=log))  # fmt: skip
+    with pushing_sync(tmp_path, demo_stack, restate, db=off_loop, REDIS_URL=redis_url, **minutes) as log:
         steps = off_loop(lambda: SyncState.objects.get().last_success_at)
 
         nap = restate.send("Sleeper", "nap", payload=0.08)  # ~5 s
@@ -76,5 +69,3 @@ def test_a_row_turns_completed_in_place_carried_by_spans_while_the_poll_waits_mi
         assert off_loop(lambda: SyncState.objects.get().last_success_at) == steps, "no full step ran meanwhile"
         waited = time.monotonic() - t0
         assert waited < 15, f"{waited:.1f}s"
-    finally:
-        sync.stop()

@@ -66,14 +66,22 @@ def wait_until(condition: Callable[[], Any], *, timeout: float, what: str, log: 
 
 
 @contextmanager
-def pushing_sync(tmp_path: Path, demo_stack: Any, restate: RestateClient, **env: str) -> Iterator[Path]:
-    """A sync process past its first step and in push mode (a span woke the feed); yields its log."""
+def pushing_sync(
+    tmp_path: Path,
+    demo_stack: Any,
+    restate: RestateClient,
+    *,
+    db: Callable[[Callable[[], Any]], Any] = lambda read: read(),
+    **env: str,
+) -> Iterator[Path]:
+    """A sync process past its first step and in push mode (a span woke the feed); yields its log.
+    `db` runs the waits' database reads (browser tests: off Playwright's loop)."""
     sync = start_sync(tmp_path, demo_stack, **env)
     log = tmp_path / "sync.log"
     try:
-        wait_until(first_step_done, timeout=60, what="the first step", log=log)
+        db(lambda: wait_until(first_step_done, timeout=60, what="the first step", log=log))
         restate.call("Greeter", "greet", payload="wake the feed")
-        wait_until(in_push_mode, timeout=15, what="push mode", log=log)
+        db(lambda: wait_until(in_push_mode, timeout=15, what="push mode", log=log))
         yield log
     finally:
         sync.stop()
