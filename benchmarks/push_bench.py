@@ -329,7 +329,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 User.objects.create_user("bench", password=PASSWORD)
                 parts.web = start_web(web_port, parts.logs / "web.log", parts.env())
-                parts.start_receiver()
                 traffic_argv = [sys.executable, "manage.py", "demo_traffic", "--rate", str(args.rate)]
                 parts.traffic = spawn("demo traffic", traffic_argv, parts.logs / "traffic.log", parts.env())
 

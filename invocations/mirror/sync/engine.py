@@ -85,7 +85,9 @@ PROMISE_SQL = (
     "FROM sys_promise"
 )
 # A hint pass re-reads object queues at most this often (see _sync_queues_of).
-QUEUES_HINT_MIN_S = 0.2
+QUEUES_HINT_MIN_S = 1.0
+# What follows hint passes (journals, callees, promises, queues) runs at most this often.
+HINT_TAIL_EVERY_S = 0.5
 # Workflow ids whose promises a step re-reads at most (more: the slow tables' full read catches up).
 PROMISE_KEYS_PER_STEP = 200
 # A row can appear behind the watermark by up to about one scan's duration; re-read three.
@@ -341,6 +343,11 @@ class SyncEngine:
         self._last_slow: datetime | None = None
         self._last_hint_queues: float | None = None
         self._last_hints_taken_at: datetime | None = None
+        # Ids hint passes read, for the tail (see _hint_tail).
+        self._tail_ids: set[str] = set()
+        self._tail_changed: set[str] = set()
+        self._tail_overflow = False
+        self._last_tail = 0.0
         # The current failure streak, in memory: PostgreSQL may be down when it starts.
         self.failures = 0
         self.failing_since: datetime | None = None
@@ -474,17 +481,20 @@ class SyncEngine:
 
     def sync_hinted(self) -> HintReport | None:
         """Re-read the hinted invocations by id (an action touched them, or Restate's spans
-        announced a change), with their journals, and tell the pages; None when no hint is due.
+        announced a change) and tell the pages; None when nothing was due.
 
         A lookup by id is indexed in Restate (a few ms), unlike the full scan of a step, so
-        a change reaches the page without waiting for the poll. What the step would also
-        bring for these rows comes along: callees their new journal entries name that our
-        copy lacks (a delayed or queued call sends no span until it starts), the queues of
-        the object keys that changed, and the promises of changed workflow ids. An id
-        Restate no longer holds (purged) is marked gone: a lookup by id decides that.
+        a change reaches the page without waiting for the poll. One query, one commit, one
+        broadcast: what the step would also bring for these rows follows in the tail
+        (`_hint_tail`, spaced). An id Restate no longer holds (purged) is marked gone: a
+        lookup by id decides that.
         """
         ids, taken_at = hints.hints_due()
         if not ids:
+            if self._tail_ids and time.monotonic() - self._last_tail >= HINT_TAIL_EVERY_S:
+                report = HintReport()
+                self._hint_tail(report)
+                return report
             return None
         t0 = time.monotonic()
         report = HintReport(ids=len(ids))
@@ -510,19 +520,40 @@ class SyncEngine:
             # The new status first: what the pages wait for should not wait for the journals.
             if changes:
                 changes.broadcast()
+        self._tail_ids.update(ids)
+        self._tail_changed.update(changes.ids)
+        self._tail_overflow |= changes.overflow
+        if time.monotonic() - self._last_tail >= HINT_TAIL_EVERY_S:
+            self._hint_tail(report)
+        report.duration_s = time.monotonic() - t0
+        return report
+
+    def hints_tail_pending(self) -> bool:
+        """Ids read by hint passes whose journals, callees, promises and queues wait for the tail."""
+        return bool(self._tail_ids)
+
+    def _hint_tail(self, report: HintReport) -> None:
+        """What the step would also bring for the ids hint passes read since the last tail:
+        their journal delta, callees their new entries name that our copy lacks (a delayed or
+        queued call sends no span until it starts), the promises of changed workflow ids and
+        the queues of object keys. Spaced by HINT_TAIL_EVERY_S: each is a query to Restate, and
+        a pass per span burst would make them most of what mirroring costs Restate."""
+        ids, changed_ids, overflow = sorted(self._tail_ids), list(self._tail_changed), self._tail_overflow
+        self._tail_ids, self._tail_changed, self._tail_overflow = set(), set(), False
+        self._last_tail = time.monotonic()
         more = Changes()
         journal = StepReport()
         try:
             self._sync_journals(journal, more)
             callees = self._unknown_callees(ids)
             if callees:
-                # Their journals wait for the next pass or step: a scheduled or queued call holds
+                # Their journals wait for the next tail or step: a scheduled or queued call holds
                 # only its input, and one that runs announces itself with its own spans.
                 report.callees = len(callees)
                 self._read_by_id(callees, report, more, mark_gone=False)
                 self._resolve_roots(more)
-            changed_ids = [*changes.ids, *more.ids]
-            overflow = changes.overflow or more.overflow
+            changed_ids += list(more.ids)
+            overflow = overflow or more.overflow
             if changed_ids or overflow:
                 self._sync_promises_of(changed_ids, overflow=overflow)
                 self._sync_queues_of(changed_ids, overflow=overflow, changes=more, report=journal)
@@ -531,8 +562,6 @@ class SyncEngine:
                 more.broadcast()
         report.journal_entries = journal.journal_entries
         report.queue_keys_changed = journal.queue_keys_changed
-        report.duration_s = time.monotonic() - t0
-        return report
 
     def _read_by_id(self, ids: list[str], report: HintReport, changes: Changes, *, mark_gone: bool = True) -> None:
         sql = f"SELECT {', '.join(mapping.INVOCATION_COLUMNS)} FROM sys_invocation WHERE id IN {sql_list(ids)}"

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 # Any constant bigint, the same for every replica (advisory locks are per database);
 # derived from a name so it does not collide with another app's small integers.
 SYNC_ENGINE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"restate-dashboard sync engine").digest()[:8], "big", signed=True)
-SNAPSHOT_WRITE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"restate-dashboard snapshots").digest()[:8], "big", signed=True)
+SNAPSHOT_WRITE_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"restate-dashboard snapshots").digest()[:8], "big", signed=True
+)
 
 
 def snapshot_write_lock() -> None:

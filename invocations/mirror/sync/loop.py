@@ -212,7 +212,7 @@ class SyncLoop:
         self._last_hint_pass = time.monotonic()
         try:
             report = self.engine.sync_hinted()
-            self._hints_active = hints.hints_pending()
+            self._hints_active = hints.hints_pending() or self.engine.hints_tail_pending()
         except TRANSIENT_ERRORS as exc:
             log.warning("re-reading hinted invocations failed: %s", exc)
             if isinstance(exc, DatabaseError | InterfaceError):
