@@ -272,6 +272,28 @@ def rows_missed(client: Any, *, settle_s: float = 5.0) -> tuple[int, list[str], 
     return len(theirs), missed, recent
 
 
+def missed_rows_detail(client: Any, ids: list[str]) -> list[tuple[str, Any, Any]]:
+    """Restate's row and ours, side by side, for the report."""
+    from invocations.mirror.models import Invocation
+    from invocations.restate import sql_list
+
+    if not ids:
+        return []
+    theirs = {
+        r["id"]: (r.get("status"), r.get("modified_at"), r.get("retry_count"), r.get("target"))
+        for r in client.query(
+            f"SELECT id, status, modified_at, retry_count, target FROM sys_invocation WHERE id IN {sql_list(ids)}"
+        )
+    }
+    ours = {
+        i: rest
+        for i, *rest in Invocation.objects.filter(id__in=ids).values_list(
+            "id", "status", "modified_at", "retry_count", "synced_at", "gone_from_restate_at"
+        )
+    }
+    return [(i, theirs.get(i), ours.get(i)) for i in ids]
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -385,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.sleep(args.safety_net + 5)
                 still_push = SyncState.objects.filter(feed_mode=FeedMode.PUSH).exists()
                 compared, missed, recent = rows_missed(stack.client)
+                missed_detail = missed_rows_detail(stack.client, missed[:10])
             finally:
                 parts.stop()
                 stack.stop()
@@ -457,8 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say("\n5. Rows missed, traffic stopped, one safety-net interval later" + (" (push mode)" if still_push else ""))
     say(f"  {len(missed)} of {compared:,} invocations differ from Restate (status, modified_at); "
         f"{recent} changed in Restate within the last 5 s, left out")  # fmt: skip
-    for inv in missed[:10]:
-        say(f"    {inv}")
+    for inv, theirs, ours in missed_detail:
+        say(f"    {inv}: Restate {theirs}, ours {ours}")
     say(f"\n({time.monotonic() - started:.0f} s in all)")
     return 0
 

@@ -105,12 +105,10 @@ INVOCATION_GUARD_FIELDS = [
     "pinned_deployment_id",
 ]  # fmt: skip
 # The step and the hint thread write side by side: a row read earlier (a scan) must not
-# replace one read later (a hint). Restate's modified_at never goes back, and a retry
-# raises retry_count without moving it.
-NEWER_STATE_SQL = (
-    "t.modified_at IS NULL OR EXCLUDED.modified_at IS NULL OR EXCLUDED.modified_at > t.modified_at "
-    "OR (EXCLUDED.modified_at = t.modified_at AND EXCLUDED.retry_count >= t.retry_count)"
-)
+# replace one read later (a hint). Restate's modified_at never goes back. Equal times are let
+# through: retries change a row without moving modified_at, and retry_count is not known to
+# only grow, so a tie-break on it could keep a newer state out for good.
+NEWER_STATE_SQL = "t.modified_at IS NULL OR EXCLUDED.modified_at IS NULL OR EXCLUDED.modified_at >= t.modified_at"
 # A backfill's journal entries are written this many at a time (their payloads are held meanwhile).
 JOURNAL_BACKFILL_ROWS = 5000
 # The edges a backfill's journal scan found, until their callers' rows are written (session temp table).
