@@ -17,7 +17,7 @@ from django.test import override_settings
 from playwright.sync_api import expect
 
 from demo.stack import start_web
-from invocations.mirror.models import Invocation, SyncState
+from invocations.mirror.models import Invocation, InvocationSpan, SyncState
 from invocations.restate import RestateClient
 from tests.conftest import TRACES_TOKEN
 from tests.test_browser import PASSWORD, page, redis_url  # noqa: F401  (fixtures used by name)
@@ -45,27 +45,76 @@ def web(transactional_db: None, redis_url: str, tmp_path: Path, demo_stack: Any,
     server.stop()
 
 
-def test_a_row_turns_completed_in_place_carried_by_spans_while_the_poll_waits_minutes(
+def test_retries_appear_as_attempt_bars_and_a_row_turns_completed_in_place_while_the_poll_waits_minutes(
     page: Any, web: str, restate: RestateClient, demo_stack: Any, redis_url: str, tmp_path: Path
 ) -> None:
+    """One setup, two things the spans carry: a Flaky invocation's attempts (each failed attempt
+    a bar, backing off between them, redrawn in place on its detail page), and a list row's
+    status. Polls are 5 minutes apart: within seconds, only the spans' hints explain them."""
     minutes = {"SYNC_MIN_INTERVAL_S": "300", "SYNC_MAX_INTERVAL_S": "300", "SYNC_SAFETY_NET_S": "300"}
-    with pushing_sync(tmp_path, demo_stack, restate, db=off_loop, REDIS_URL=redis_url, **minutes) as log:
-        steps = off_loop(lambda: SyncState.objects.get().last_success_at)
+    started: list[str] = []
+    try:
+        with pushing_sync(tmp_path, demo_stack, restate, db=off_loop, REDIS_URL=redis_url, **minutes) as log:
+            steps = off_loop(lambda: SyncState.objects.get().last_success_at)
+            _attempts_appear(page, web, restate, log, steps, tmp_path, started)
+            _row_turns_completed(page, web, restate, log, steps)
+    finally:
+        for inv in started:
+            restate.kill(inv)  # a Flaky invocation would retry for minutes in the session's Restate
 
-        nap = restate.send("Sleeper", "nap", payload=0.08)  # ~5 s
-        off_loop(lambda: wait_until(lambda: Invocation.objects.filter(id=nap, status="running").exists(),
-                                    timeout=5, what="the nap, running, through its start span", log=log))  # fmt: skip
-        page.goto(f"{web}/invocations/?service=Sleeper")
-        page.wait_for_selector("#live[data-state=live]")
-        expect(page.locator("#feed-mode")).to_have_attribute("data-mode", "push")
-        expect(page.locator("#feed-mode")).to_contain_text("Live from Restate's spans")
-        row = f"#row-{nap}"
-        expect(page.locator(f"{row} .status")).to_have_text("running")
-        mark_page(page)
 
-        t0 = time.monotonic()
-        expect(page.locator(f"{row} .status")).to_have_text("completed", timeout=20_000)
-        assert same_document(page), "the row changed in place, not by a reload"
-        assert off_loop(lambda: SyncState.objects.get().last_success_at) == steps, "no full step ran meanwhile"
-        waited = time.monotonic() - t0
-        assert waited < 15, f"{waited:.1f}s"
+def _row_turns_completed(page: Any, web: str, restate: RestateClient, log: Path, steps: Any) -> None:
+    nap = restate.send("Sleeper", "nap", payload=0.08)  # ~5 s
+    off_loop(lambda: wait_until(lambda: Invocation.objects.filter(id=nap, status="running").exists(),
+                                timeout=5, what="the nap, running, through its start span", log=log))  # fmt: skip
+    page.goto(f"{web}/invocations/?service=Sleeper")
+    page.wait_for_selector("#live[data-state=live]")
+    expect(page.locator("#feed-mode")).to_have_attribute("data-mode", "push")
+    expect(page.locator("#feed-mode")).to_contain_text("Live from Restate's spans")
+    row = f"#row-{nap}"
+    expect(page.locator(f"{row} .status")).to_have_text("running")
+    mark_page(page)
+
+    t0 = time.monotonic()
+    expect(page.locator(f"{row} .status")).to_have_text("completed", timeout=20_000)
+    assert same_document(page), "the row changed in place, not by a reload"
+    assert off_loop(lambda: SyncState.objects.get().last_success_at) == steps, "no full step ran meanwhile"
+    waited = time.monotonic() - t0
+    assert waited < 15, f"{waited:.1f}s"
+
+
+def _attempts_appear(
+    page: Any, web: str, restate: RestateClient, log: Path, steps: Any, tmp_path: Path, started: list[str]
+) -> None:
+    flaky = restate.send("Flaky", "fail", payload="charge-attempts")
+    started.append(flaky)
+    off_loop(lambda: wait_until(lambda: Invocation.objects.filter(id=flaky).exists(),
+                                    timeout=15, what="the flaky invocation in our copy", log=log))  # fmt: skip
+    page.goto(f"{web}/invocations/{flaky}/")
+    page.wait_for_selector("#live[data-state=live]")
+    mark_page(page)
+
+    # Retries 1 s, 2 s, 4 s apart: three failed attempts within ~4 s, each its own row and bar.
+    failed_rows = page.locator("#inv-attempts tr.attempt.outcome-failed")
+    expect(failed_rows).to_have_count(3, timeout=20_000)
+    assert same_document(page), "the attempts arrived by the live refresh, not a reload"
+    assert off_loop(lambda: SyncState.objects.get().last_success_at) == steps, "no full step ran meanwhile"
+    first = failed_rows.nth(0)
+    # Restate 1.7.12's attempt span says "transient failure", not the handler's error
+    # (that is the invocation's last failure, in the header).
+    expect(first.locator(".outcome")).to_have_text("failed: transient failure")
+    expect(first).to_contain_text("backing off")
+    stored = off_loop(lambda: InvocationSpan.objects.filter(invocation_id=flaky, kind="attempt").first())
+    assert stored is not None and stored.deployment_id
+    expect(first).to_contain_text(stored.deployment_id)
+
+    # The strip and the waterfall row: failed attempts with backing off between them.
+    strip = page.locator("#inv-attempts .attempt-strip")
+    assert strip.locator(".seg-attempt-failed").count() >= 3
+    assert strip.locator(".seg-backing-off").count() >= 2
+    title = strip.locator(".seg-attempt-failed").first.get_attribute("title") or ""
+    assert title.startswith("attempt 1: ran ") and "failed: transient failure" in title, title
+    row = page.locator(f"#node-{flaky}")
+    assert row.locator(".seg-attempt-failed").count() >= 3
+    assert row.locator(".bar").count() == 0, "a row with spans is drawn as its attempts"
+    page.screenshot(path=str(tmp_path / "attempts.png"), full_page=True)

@@ -706,7 +706,7 @@ def test_without_graphviz_the_page_lists_the_map_as_tables(client: Client, monke
 def test_a_second_request_is_served_from_the_cache(client: Client, django_assert_max_num_queries: object) -> None:
     recent_tree()
     assert client.get("/services/").status_code == 200
-    with django_assert_max_num_queries(8):  # type: ignore[operator]  # session, user, sync state, data version
+    with django_assert_max_num_queries(9):  # type: ignore[operator]  # session, user, sync state, trace feed, data version
         response = client.get("/services/")
     assert "Greeter/greet" in response.content.decode()
 
