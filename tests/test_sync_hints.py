@@ -16,7 +16,8 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
-from invocations.mirror.models import Invocation, SyncHint
+from invocations.mirror.models import Invocation, ObjectLock, QueuedInvocation, SyncHint
+from invocations.mirror.sync import engine as engine_module
 from invocations.mirror.sync import hints
 from invocations.mirror.sync.engine import SyncEngine
 from invocations.mirror.sync.loop import SyncLoop
@@ -236,3 +237,43 @@ def test_a_hint_is_served_while_a_long_step_runs(transactional_db: None) -> None
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_a_queue_re_read_asked_for_too_soon_is_owed_not_skipped(
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call joins a key's queue just after a hint pass read that queue: the re-read it asks
+    for waits for QUEUES_HINT_MIN_S but still happens, with no further span to prompt it (the
+    holder's next span can be seconds away). Skipping it left the queue stale until the next
+    full scan: CI caught that against a real Restate."""
+    monkeypatch.setattr(engine_module, "QUEUES_HINT_MIN_S", 0.3)
+    monkeypatch.setattr(engine_module, "HINT_TAIL_EVERY_S", 0.0)
+    restate = FakeRestate()
+    engine = fake_engine(restate)
+    engine.sync_once()
+    keyed = {"target_service_name": "Counter", "target_service_key": "k", "target_service_ty": "virtual_object"}
+    holder = restate.add(1, status="running")
+    restate.invocations[holder] |= keyed
+    restate.locks.append({"service_name": "Counter", "service_key": "k", "invocation_id": holder})
+    hints.hints_add([holder])
+    assert engine.sync_hinted() is not None
+    assert ObjectLock.objects.filter(invocation_id=holder).exists()
+
+    queued = restate.add(2, status="inboxed", journal=0, journal_size=0)
+    restate.invocations[queued] |= keyed
+    restate.inbox.append({"service_name": "Counter", "service_key": "k", "id": queued, "sequence_number": 0})
+    hints.hints_add([queued])
+    assert engine.sync_hinted() is not None
+    assert not QueuedInvocation.objects.exists(), "read again within QUEUES_HINT_MIN_S"
+    assert engine.hints_tail_pending(), "the hint thread keeps calling while a re-read is owed"
+
+    deadline = time.monotonic() + 2
+    while not QueuedInvocation.objects.filter(invocation_id=queued).exists():
+        assert time.monotonic() < deadline, "the owed queue re-read never came"
+        engine.sync_hinted()
+        time.sleep(0.02)
+    assert not engine.hints_tail_pending()
+    restate.queries.clear()
+    time.sleep(0.35)
+    engine.sync_hinted()
+    assert not [q for q in restate.queries if "sys_inbox" in q], "paid once, then no more re-reads without a change"

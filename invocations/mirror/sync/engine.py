@@ -340,6 +340,8 @@ class SyncEngine:
         self.clock = clock
         self._last_slow: datetime | None = None
         self._last_hint_queues: float | None = None
+        # A queue re-read a hint pass asked for within QUEUES_HINT_MIN_S of the last one.
+        self._queues_owed = False
         self._last_hints_taken_at: datetime | None = None
         # Ids hint passes read, for the tail (see _hint_tail).
         self._tail_ids: set[str] = set()
@@ -489,7 +491,8 @@ class SyncEngine:
         """
         ids, taken_at = hints.hints_due()
         if not ids:
-            if self._tail_ids and time.monotonic() - self._last_tail >= HINT_TAIL_EVERY_S:
+            owed = self._queues_owed and self._queues_due()
+            if (self._tail_ids or owed) and time.monotonic() - self._last_tail >= HINT_TAIL_EVERY_S:
                 report = HintReport()
                 self._hint_tail(report)
                 return report
@@ -528,7 +531,7 @@ class SyncEngine:
 
     def hints_tail_pending(self) -> bool:
         """Ids read by hint passes whose journals, callees, promises and queues wait for the tail."""
-        return bool(self._tail_ids)
+        return bool(self._tail_ids) or self._queues_owed
 
     def _hint_tail(self, report: HintReport) -> None:
         """What the step would also bring for the ids hint passes read since the last tail:
@@ -554,6 +557,7 @@ class SyncEngine:
             overflow = overflow or more.overflow
             if changed_ids or overflow:
                 self._sync_promises_of(changed_ids, overflow=overflow)
+            if changed_ids or overflow or self._queues_owed:
                 self._sync_queues_of(changed_ids, overflow=overflow, changes=more, report=journal)
         finally:
             if more:
@@ -588,17 +592,23 @@ class SyncEngine:
         object or workflow key: a lock hand-over or a queue entry starting is in no span
         of its own. The snapshot is of Restate's queue tables, whose size is the keys in
         use, not the invocations retained; spaced by QUEUES_HINT_MIN_S under a flood."""
-        now = time.monotonic()
-        if self._last_hint_queues is not None and now - self._last_hint_queues < QUEUES_HINT_MIN_S:
-            return
         keyed = Invocation.objects.filter(id__in=ids[:IDS_PER_QUERY], service_key__isnull=False)
-        if not overflow and not keyed.exists():
+        if not (overflow or self._queues_owed) and not keyed.exists():
             return
-        self._last_hint_queues = now
+        if not self._queues_due():
+            # Owed, not skipped: the call that joined a queue just after the last read may be
+            # the last change for a while (its holder's next span can be seconds away).
+            self._queues_owed = True
+            return
+        self._queues_owed = False
+        self._last_hint_queues = time.monotonic()
         if SyncState.objects.filter(queue_tables=SyncState.QueueTables.VQUEUES).exists():
             self._sync_vqueues(report, changes)
         else:
             self._sync_queues(report, changes)
+
+    def _queues_due(self) -> bool:
+        return self._last_hint_queues is None or time.monotonic() - self._last_hint_queues >= QUEUES_HINT_MIN_S
 
     @staticmethod
     def _db_now() -> datetime:
