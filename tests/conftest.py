@@ -19,6 +19,16 @@ from invocations.restate import RestateClient
 TRACES_TOKEN = "test-traces-token"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_round_password_hashing() -> None:
+    from django.conf import settings
+    from django.contrib.auth import hashers
+
+    settings.PASSWORD_HASHERS = ["tests.hashers.OneRoundPBKDF2PasswordHasher"]
+    hashers.get_hashers.cache_clear()
+    hashers.get_hashers_by_algorithm.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def traces_port() -> int:
     """Where the session's Restate exports its spans: a receiver listens there only while a
