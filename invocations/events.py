@@ -83,18 +83,19 @@ def sync_step_committed(
 
 def _broadcast(changed_ids: list[str], roots: set[str], overflow: bool) -> None:
     try:
+        # The changes before the sync line: a page's consumer handles its messages in order,
+        # and the sync line is a database read, so sent first it delayed every tree's signal.
+        if changed_ids or overflow:
+            if overflow or len(roots) > MAX_TREE_MESSAGES:
+                _send(ALL_TREES_GROUP, {"type": "tree.changed"})
+            else:
+                for root in roots:
+                    _send(tree_group(root), {"type": "tree.changed"})
+            _send(
+                LIST_GROUP,
+                {"type": "invocations.changed", "ids": changed_ids[:MAX_LIST_IDS], "count": len(changed_ids)},
+            )
         _send(SYNC_GROUP, {"type": "sync.changed"})
-        if not changed_ids and not overflow:
-            return
-        _send(
-            LIST_GROUP,
-            {"type": "invocations.changed", "ids": changed_ids[:MAX_LIST_IDS], "count": len(changed_ids)},
-        )
-        if overflow or len(roots) > MAX_TREE_MESSAGES:
-            _send(ALL_TREES_GROUP, {"type": "tree.changed"})
-        else:
-            for root in roots:
-                _send(tree_group(root), {"type": "tree.changed"})
     except Exception:
         log.exception("broadcast after sync step failed")
 
