@@ -277,3 +277,48 @@ def test_a_queue_re_read_asked_for_too_soon_is_owed_not_skipped(
     time.sleep(0.35)
     engine.sync_hinted()
     assert not [q for q in restate.queries if "sys_inbox" in q], "paid once, then no more re-reads without a change"
+
+
+def test_a_hint_is_served_while_the_tail_of_the_last_pass_runs(transactional_db: None) -> None:
+    """What follows a pass (journals, callees, queues: here a tail that lasts 2 s) runs on the
+    loop's thread, not the hint thread: a span arriving meanwhile is read at once."""
+    restate = FakeRestate()
+    restate.add(1, status="running")
+    restate.add(2, status="running")
+    engine = fake_engine(restate)
+    original = engine._hint_tail_locked
+    in_tail = threading.Event()
+
+    def long_tail(report: Any) -> None:
+        in_tail.set()
+        time.sleep(2)
+        original(report)
+
+    engine._hint_tail_locked = long_tail  # type: ignore[method-assign]
+    loop = SyncLoop(engine)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            loop.run(wait=stop.wait, listener=hints.HintListener())
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    polls_a_minute_apart = override_settings(SYNC_MIN_INTERVAL_S=60, SYNC_MAX_INTERVAL_S=60)
+    polls_a_minute_apart.enable()  # only a hint can explain the change arriving
+    thread.start()
+    try:
+        hints.hints_add([fake_id(1)])
+        assert in_tail.wait(10), "the first hint's tail never ran"
+        row = restate.invocations[fake_id(2)]
+        row |= {"status": "completed", "modified_at": row["modified_at"] + timedelta(seconds=1)}
+        hints.hints_add([fake_id(2)])
+        t0 = time.monotonic()
+        while not Invocation.objects.filter(id=fake_id(2), status="completed").exists():
+            assert time.monotonic() - t0 < 1.0, "the hint waited for the tail"
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(10)
+        polls_a_minute_apart.disable()

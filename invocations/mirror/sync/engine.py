@@ -348,6 +348,11 @@ class SyncEngine:
         self._tail_changed: set[str] = set()
         self._tail_overflow = False
         self._last_tail = 0.0
+        self._tail_since = 0.0  # when the tail's oldest waiting id arrived
+        # The loop runs the tail on its own thread while the hint thread adds to it (and runs
+        # it itself when the loop's thread is busy with a long step).
+        self._tail_lock = threading.Lock()
+        self._tail_running = threading.Lock()
         # The current failure streak, in memory: PostgreSQL may be down when it starts.
         self.failures = 0
         self.failing_since: datetime | None = None
@@ -479,9 +484,12 @@ class SyncEngine:
         SyncState.objects.filter(id=1).update(last_broadcast_at=db_now)
         return len(changes.ids) + int(changes.overflow)
 
-    def sync_hinted(self) -> HintReport | None:
+    def sync_hinted(self, *, tail: bool = True) -> HintReport | None:
         """Re-read the hinted invocations by id (an action touched them, or Restate's spans
         announced a change) and tell the pages; None when nothing was due.
+
+        tail=False leaves what follows to `sync_hint_tail` (the sync loop runs it on its own
+        thread, so a span arriving meanwhile is not kept waiting behind it).
 
         A lookup by id is indexed in Restate (a few ms), unlike the full scan of a step, so
         a change reaches the page without waiting for the poll. One query, one commit, one
@@ -491,12 +499,7 @@ class SyncEngine:
         """
         ids, taken_at = hints.hints_due()
         if not ids:
-            owed = self._queues_owed and self._queues_due()
-            if (self._tail_ids or owed) and time.monotonic() - self._last_tail >= HINT_TAIL_EVERY_S:
-                report = HintReport()
-                self._hint_tail(report)
-                return report
-            return None
+            return self.sync_hint_tail() if tail else None
         t0 = time.monotonic()
         report = HintReport(ids=len(ids))
         changes = Changes()
@@ -521,10 +524,13 @@ class SyncEngine:
             # The new status first: what the pages wait for should not wait for the journals.
             if changes:
                 changes.broadcast()
-        self._tail_ids.update(ids)
-        self._tail_changed.update(changes.ids)
-        self._tail_overflow |= changes.overflow
-        if time.monotonic() - self._last_tail >= HINT_TAIL_EVERY_S:
+        with self._tail_lock:
+            if not self._tail_ids:
+                self._tail_since = time.monotonic()
+            self._tail_ids.update(ids)
+            self._tail_changed.update(changes.ids)
+            self._tail_overflow |= changes.overflow
+        if tail and self.hint_tail_due():
             self._hint_tail(report)
         report.duration_s = time.monotonic() - t0
         return report
@@ -533,15 +539,45 @@ class SyncEngine:
         """Ids read by hint passes whose journals, callees, promises and queues wait for the tail."""
         return bool(self._tail_ids) or self._queues_owed
 
+    def hint_tail_due(self, *, overdue_s: float = 0.0) -> bool:
+        """The tail has work, its spacing (HINT_TAIL_EVERY_S, QUEUES_HINT_MIN_S) has passed, and
+        the work has waited `overdue_s` beyond that."""
+        spaced = self._last_tail + HINT_TAIL_EVERY_S
+        due_at = []
+        if self._tail_ids:
+            due_at.append(max(self._tail_since, spaced))
+        if self._queues_owed:
+            due_at.append(max((self._last_hint_queues or 0.0) + QUEUES_HINT_MIN_S, spaced))
+        return bool(due_at) and time.monotonic() >= min(due_at) + overdue_s
+
+    def sync_hint_tail(self) -> HintReport | None:
+        """Run the tail when it is due; None when it was not."""
+        if not self.hint_tail_due():
+            return None
+        t0 = time.monotonic()
+        report = HintReport()
+        self._hint_tail(report)
+        report.duration_s = time.monotonic() - t0
+        return report
+
     def _hint_tail(self, report: HintReport) -> None:
         """What the step would also bring for the ids hint passes read since the last tail:
         their journal delta, callees their new entries name that our copy lacks (a delayed or
         queued call sends no span until it starts), the promises of changed workflow ids and
         the queues of object keys. Spaced by HINT_TAIL_EVERY_S: each is a query to Restate, and
         a pass per span burst would make them most of what mirroring costs Restate."""
-        ids, changed_ids, overflow = sorted(self._tail_ids), list(self._tail_changed), self._tail_overflow
-        self._tail_ids, self._tail_changed, self._tail_overflow = set(), set(), False
-        self._last_tail = time.monotonic()
+        if not self._tail_running.acquire(blocking=False):
+            return  # running on the other thread
+        try:
+            self._hint_tail_locked(report)
+        finally:
+            self._tail_running.release()
+
+    def _hint_tail_locked(self, report: HintReport) -> None:
+        with self._tail_lock:
+            ids, changed_ids, overflow = sorted(self._tail_ids), list(self._tail_changed), self._tail_overflow
+            self._tail_ids, self._tail_changed, self._tail_overflow = set(), set(), False
+            self._last_tail = time.monotonic()
         more = Changes()
         journal = StepReport()
         try:

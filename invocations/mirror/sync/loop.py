@@ -45,6 +45,9 @@ FEED_CHECK_S = 1.0
 # The loop's wait between steps is cut into ticks of this: what hinted changes call for
 # (deadlock detection) runs within a tick of them.
 PAUSE_TICK_S = 0.25
+# The hint thread runs the tail itself when the loop's thread has not for this long past its
+# spacing (a long full scan holds that thread).
+TAIL_OVERDUE_S = 2.0
 
 
 def poll_interval(*, duration_s: float) -> float:
@@ -211,7 +214,8 @@ class SyncLoop:
             return None
         self._last_hint_pass = time.monotonic()
         try:
-            report = self.engine.sync_hinted()
+            # The tail runs on the loop's thread (see _pause) unless a long step holds it.
+            report = self.engine.sync_hinted(tail=self.engine.hint_tail_due(overdue_s=TAIL_OVERDUE_S))
             self._hints_active = hints.hints_pending() or self.engine.hints_tail_pending()
         except TRANSIENT_ERRORS as exc:
             log.warning("re-reading hinted invocations failed: %s", exc)
@@ -290,6 +294,8 @@ class SyncLoop:
         while (remaining := deadline - time.monotonic()) > 0:
             if wait(min(remaining, PAUSE_TICK_S)):
                 return True
+            if self.engine.hint_tail_due():
+                self._hint_tail()
             if self._hinted_changes.is_set():
                 self._hinted_changes.clear()
                 self._after_step(changed=True)
@@ -303,6 +309,19 @@ class SyncLoop:
             if mode != self.mode and self.report is not None:
                 deadline = started + self._interval_for(self.report)
         return False
+
+    def _hint_tail(self) -> None:
+        """What follows hint passes (journals, callees, queues), here rather than on the hint
+        thread: a span arriving while it runs is read at once."""
+        try:
+            report = self.engine.sync_hint_tail()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("what follows hinted invocations failed: %s", exc)
+            if isinstance(exc, DatabaseError | InterfaceError):
+                connection.close()
+            return
+        if report is not None and (report.changed or report.callees or report.journal_entries):
+            self._hinted_changes.set()
 
     def _check_lock_due(self) -> bool:
         now = time.monotonic()
