@@ -49,6 +49,12 @@ clean-data:
 bench-push: $(STAMP) browser
 	$(PY) -m benchmarks.push_bench
 
+# Where mirroring spends Restate's CPU in push mode: the queries of 60 s, replayed by kind, and
+# the CPU of one query of each shape; 20,000 retained.
+.PHONY: bench-restate-cost
+bench-restate-cost: $(STAMP)
+	$(PY) -m benchmarks.restate_cost_probe
+
 # List/detail page times at 1,000,000 generated invocations, tree rendering, and live-update
 # freshness in Chromium under demo load (needs Chromium, like the browser tests).
 .PHONY: bench-pages

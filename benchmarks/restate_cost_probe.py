@@ -36,6 +36,42 @@ def kind_of(sql: str) -> str:
     return f"{name} {where}"
 
 
+def shapes(client: Any, query_batches: Any, pid: int, idle: float, *, rounds: int = 40) -> None:
+    """Restate's CPU for one query of each shape the mirror sends, and of cheaper shapes it
+    could send instead (sys_invocation is a view joining two tables)."""
+    from benchmarks import sync_bench
+    from invocations.mirror.sync import mapping
+    from invocations.restate import sql_list
+
+    ids = [row["id"] for row in client.query("SELECT id FROM sys_invocation LIMIT 5")]
+    columns = ", ".join(mapping.INVOCATION_COLUMNS)
+    recent = "TIMESTAMP '2999-01-01T00:00:00Z'"
+    quiet = "status NOT IN ('completed', 'scheduled')"
+    queries = {
+        "SELECT 1 (the fixed cost)": "SELECT 1 AS one",
+        "sys_invocation, 5 ids, our columns": f"SELECT {columns} FROM sys_invocation WHERE id IN {sql_list(ids)}",
+        "sys_invocation, 5 ids, id only": f"SELECT id FROM sys_invocation WHERE id IN {sql_list(ids)}",
+        "sys_invocation_status, 5 ids, all": f"SELECT * FROM sys_invocation_status WHERE id IN {sql_list(ids)}",
+        "sys_journal, 5 ids": f"SELECT id, index, entry_type FROM sys_journal WHERE id IN {sql_list(ids)}",
+        "sys_inbox, all": "SELECT id, service_name, service_key FROM sys_inbox",
+        "sys_keyed_service_status, all": "SELECT service_name, service_key, invocation_id FROM sys_keyed_service_status",
+        "safety-net scan, sys_invocation": f"SELECT {columns} FROM sys_invocation WHERE modified_at >= {recent} OR {quiet}",
+        "same scan, sys_invocation_status": (
+            f"SELECT id, modified_at FROM sys_invocation_status WHERE modified_at >= {recent} OR {quiet}"
+        ),
+    }
+    say(f"\nOne query of each shape, {rounds} times, Restate otherwise idle:")
+    say(f"{'shape':42} {'ms CPU':>8} {'ms wall':>8}")
+    for name, sql in queries.items():
+        c0, t0 = sync_bench.cpu_seconds(pid), time.monotonic()
+        for _ in range(rounds):
+            for _batch in query_batches(sql):
+                pass
+        wall = time.monotonic() - t0
+        spent = sync_bench.cpu_seconds(pid) - c0 - idle * wall
+        say(f"{name:42} {1000 * spent / rounds:8.2f} {1000 * wall / rounds:8.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--retained", type=int, default=20_000)
@@ -155,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{1000 * spent / len(sqls):12.1f} {share:16.1%}"
                     )
                 say(f"{'replayed total':42} {'':6} {'':6} {'':12} {total:16.1%}")
+                shapes(client, original, pid, idle)
             finally:
                 for proc in procs:
                     proc.stop()
