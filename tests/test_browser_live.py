@@ -193,3 +193,41 @@ def test_sync_indicator_turns_stale_on_its_own_when_the_sync_stops(page: Any, we
     page.wait_for_selector("#sync-state.stale", timeout=15_000)
     assert page.is_visible("#sync-state .stale-note") and "No sync step since" in page.inner_text("#sync-state")
     assert same_document(page)
+
+
+def test_the_detail_header_shows_a_new_status_from_the_socket_before_its_fetch_returns(
+    page: Any, web: str, restate: RestateClient, engine: SyncEngine
+) -> None:
+    """The sync's broadcast carries each changed row's status: the header's status changes from
+    the socket's message alone. Here every fetch of the header and tree is held back, so only
+    the message can explain it; the rest of the header (the "succeeded" mark) waits for the fetch."""
+    root = traffic.fire_long(restate, minutes=0.05)[0]
+    running_in_restate(restate, root)
+    sync_until(engine, lambda: Invocation.objects.filter(id=root, status="running").exists(), "it running")
+    page.goto(f"{web}/invocations/{root}/")
+    page.wait_for_selector("#live[data-state=live]")
+    expect(page.locator("#inv-status")).to_have_text("running")
+    mark_page(page)
+
+    held: list[Any] = []
+    holding = [True]
+
+    def hold(route: Any) -> None:
+        if holding[0]:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(f"**/invocations/{root}/live/**", hold)
+    wait_completed(restate, root)
+    sync_until(engine, lambda: Invocation.objects.filter(id=root, status="completed").exists(), "it complete")
+    expect(page.locator("#inv-status")).to_have_text("completed")
+    expect(page.locator("#inv-status")).to_have_attribute("data-status", "completed")
+    assert held, "the page asked for its header and tree too"
+    assert page.locator("#inv-header .ok").count() == 0, "the header's redraw was held back"
+    assert same_document(page)
+
+    holding[0] = False
+    for route in held:
+        route.continue_()
+    expect(page.locator("#inv-header .ok")).to_have_text("succeeded")

@@ -253,7 +253,7 @@ def test_detail_socket_signals_a_change_and_the_page_fetches_it(user: User) -> N
 
     body = _client(user).get(url, headers={"HX-Request": "true"}).content.decode()
     header = body[body.index('<section id="inv-header" hx-swap-oob="outerHTML"') :].split("</section>")[0]
-    assert 'class="status">completed' in header
+    assert 'data-status="completed">completed' in header
     tree = body[body.index('<section id="inv-tree" hx-swap-oob="outerHTML"') :]
     assert f'id="node-{child.id}"' in tree and "status-completed" in tree
 

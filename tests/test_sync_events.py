@@ -9,6 +9,8 @@ import pytest
 from django.db import transaction
 
 from invocations import events
+from invocations.mirror.sync.engine import SyncEngine
+from tests.sync_fake import FakeRestate
 
 Sent = list[tuple[str, dict[str, Any]]]
 
@@ -70,3 +72,30 @@ def test_inside_a_transaction_it_waits_for_the_commit(transactional_db: None, se
 def test_a_failure_only_refreshes_the_sync_indicator(transactional_db: None, sent: Sent) -> None:
     events.sync_step_committed(changed_ids=[])
     assert sent == [(events.SYNC_GROUP, {"type": "sync.changed"})]
+
+
+def test_each_tree_is_told_its_rows_new_statuses_up_to_a_bound(transactional_db: None, sent: Sent) -> None:
+    events.sync_step_committed(
+        changed_ids=["inv_child", "inv_root", "inv_other"],
+        changed_roots={"inv_root", "inv_other"},
+        statuses={"inv_root": {"inv_child": "completed", "inv_root": "running"}, "inv_other": {"inv_other": "failed"}},
+    )
+    told = {g: m.get("statuses") for g, m in sent if g.startswith("tree.")}
+    assert told == {
+        events.tree_group("inv_root"): {"inv_child": "completed", "inv_root": "running"},
+        events.tree_group("inv_other"): {"inv_other": "failed"},
+    }
+
+    sent.clear()
+    many = {f"inv_{n}": "running" for n in range(events.MAX_TOLD_STATUSES + 1)}
+    events.sync_step_committed(changed_ids=list(many), changed_roots=["inv_0"], statuses={"inv_0": many})
+    assert [m["statuses"] for g, m in sent if g.startswith("tree.")] == [{}], "past the bound, the fetch tells"
+
+
+def test_a_sync_step_tells_the_statuses_it_wrote(transactional_db: None, sent: Sent) -> None:
+    restate = FakeRestate()
+    parent = restate.add(1, status="running")
+    child = restate.add(2, status="suspended", parent=1)
+    SyncEngine(restate).sync_once()  # type: ignore[arg-type]
+    told = {g: m.get("statuses") for g, m in sent if g == events.tree_group(parent)}
+    assert told == {events.tree_group(parent): {parent: "running", child: "suspended"}}

@@ -116,8 +116,10 @@ class InvocationDetailConsumer(_PageConsumer):
         await self.send(text_data=html)
 
     async def tree_changed(self, event: dict[str, Any]) -> None:
-        # No database here: the signal is the same for every reader of the tree.
-        await self.send(text_data=fragments.tree_changed(self.invocation_id, timezone.now()))
+        # No database here: the signal is the same for every reader of the tree, and the new
+        # status, when the sync told it, is shown before the fetch it asks for returns.
+        status = (event.get("statuses") or {}).get(self.invocation_id)
+        await self.send(text_data=fragments.tree_changed(self.invocation_id, timezone.now(), status=status))
 
     async def attach_finished(self, event: dict[str, Any]) -> None:
         # The shared wait for this invocation's result ended: show it without a reload.

@@ -170,11 +170,12 @@ def tree_root_of(invocation_id: str) -> str | None:
     return selectors_detail.tree_root_get(invocation_id)
 
 
-def tree_changed(invocation_id: str, at: datetime) -> str:
+def tree_changed(invocation_id: str, at: datetime, *, status: str | None = None) -> str:
     """The signal that makes a detail page fetch its header and tree: a few hundred bytes
     whatever the tree's size. `at` (when the change was announced) tells the server
-    which cached render is recent enough to answer."""
-    context = {"invocation_id": invocation_id, "at_ms": int(at.timestamp() * 1000)}
+    which cached render is recent enough to answer. `status`, when the sync told it, is
+    swapped into the header at once; the fetch brings the rest."""
+    context = {"invocation_id": invocation_id, "at_ms": int(at.timestamp() * 1000), "status": status}
     return render_to_string("invocations/detail.html#changed", context)
 
 

@@ -129,26 +129,35 @@ class Changes:
     ids: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
     roots: set[str] = field(default_factory=set)
     overflow: bool = False
+    # The status each upserted row was written with: told with the broadcast, so a detail page
+    # shows a new status before its fetch of the whole header and tree returns.
+    statuses: dict[str, dict[str, str]] = field(default_factory=dict)  # root -> id -> status
 
     def add(self, rows: Iterable[Sequence[Any]]) -> None:
-        """(id, root_id) pairs; a null root (not resolved yet) makes the row its own tree.
+        """(id, root_id) pairs, or (id, root_id, status); a null root (not resolved yet) makes
+        the row its own tree.
 
         A row seen again with another root (resolved later in the step) keeps both:
         a page opened on it before resolution listens on its own id.
         """
-        for inv_id, root_id in rows:
+        for row in rows:
+            inv_id, root_id = row[0], row[1]
             if inv_id not in self.ids:
                 if len(self.ids) >= self.limit:
                     self.overflow = True
                     continue
                 self.ids[inv_id] = None
             self.roots.add(root_id or inv_id)
+            if len(row) > 2:
+                self.statuses.setdefault(root_id or inv_id, {})[inv_id] = row[2]
 
     def __bool__(self) -> bool:
         return bool(self.ids) or self.overflow
 
     def broadcast(self) -> None:
-        events.sync_step_committed(changed_ids=list(self.ids), changed_roots=self.roots, overflow=self.overflow)
+        events.sync_step_committed(
+            changed_ids=list(self.ids), changed_roots=self.roots, overflow=self.overflow, statuses=self.statuses
+        )
 
 
 @dataclass
@@ -684,8 +693,8 @@ class SyncEngine:
     @staticmethod
     def _upsert_invocations(
         invocations: Sequence[Invocation | dict[str, Any]], *, journal_held: bool = False
-    ) -> list[tuple[str, str | None]]:
-        """Write Restate's rows; returns (id, root_id) of the rows that changed.
+    ) -> list[tuple[str, str | None, str]]:
+        """Write Restate's rows; returns (id, root_id, status) of the rows that changed.
 
         journal_held: an inserted row's journal_synced_size is the entries we hold (a backfill
         wrote every journal first); past them, a larger journal_size puts it in the backlog.
@@ -711,11 +720,11 @@ class SyncEngine:
                     # A row whose grown journal was read with it says so; others (0) keep ours.
                     "journal_synced_size": "GREATEST(t.journal_synced_size, EXCLUDED.journal_synced_size)",
                 },
-                returning=["id", "root", "created_at"],
+                returning=["id", "root", "status", "created_at"],
                 newer_sql=NEWER_STATE_SQL,
             )
-            rollups.mark_dirty(created_at for _, _, created_at in changed)
-        return [(inv_id, root_id) for inv_id, root_id, _ in changed]
+            rollups.mark_dirty(created_at for *_, created_at in changed)
+        return [(inv_id, root_id, status) for inv_id, root_id, status, _ in changed]
 
     def _sync_invocations(
         self, watermark: datetime | None, overlap: timedelta, report: StepReport, changes: Changes
