@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +28,36 @@ from tests.sync_fake import FakeRestate, fake_id
 
 def fake_engine(restate: FakeRestate) -> SyncEngine:
     return SyncEngine(restate, reconcile_every=timedelta(days=1), slow_every=timedelta(days=1))  # type: ignore[arg-type]
+
+
+@contextmanager
+def loop_running(engine: SyncEngine) -> Iterator[None]:
+    """The sync loop with its hint thread, on a thread of its own, polling a minute apart: only
+    a hint can explain a change arriving sooner."""
+    loop = SyncLoop(engine)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            loop.run(wait=stop.wait, listener=hints.HintListener())
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    with override_settings(SYNC_MIN_INTERVAL_S=60, SYNC_MAX_INTERVAL_S=60):
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(10)
+
+
+def arrives_within(inv_id: str, *, status: str, seconds: float, what: str) -> None:
+    t0 = time.monotonic()
+    while not Invocation.objects.filter(id=inv_id, status=status).exists():
+        assert time.monotonic() - t0 < seconds, what
+        time.sleep(0.02)
 
 
 def test_a_hint_re_reads_only_its_ids_by_id(transactional_db: None) -> None:
@@ -214,29 +246,12 @@ def test_a_hint_is_served_while_a_long_step_runs(transactional_db: None) -> None
         return report
 
     engine.sync_once = long_step  # type: ignore[method-assign]
-    loop = SyncLoop(engine)
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            loop.run(wait=stop.wait, listener=hints.HintListener())
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
+    with loop_running(engine):
         assert in_step.wait(10)
         row = restate.invocations[fake_id(1)]
         row |= {"status": "completed", "modified_at": row["modified_at"] + timedelta(seconds=1)}
         hints.hints_add([fake_id(1)])
-        t0 = time.monotonic()
-        while not Invocation.objects.filter(id=fake_id(1), status="completed").exists():
-            assert time.monotonic() - t0 < 1.5, "the hint waited for the step"
-            time.sleep(0.02)
-    finally:
-        stop.set()
-        thread.join(10)
+        arrives_within(fake_id(1), status="completed", seconds=1.5, what="the hint waited for the step")
 
 
 def test_a_queue_re_read_asked_for_too_soon_is_owed_not_skipped(
@@ -295,30 +310,10 @@ def test_a_hint_is_served_while_the_tail_of_the_last_pass_runs(transactional_db:
         original(report)
 
     engine._hint_tail_locked = long_tail  # type: ignore[method-assign]
-    loop = SyncLoop(engine)
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            loop.run(wait=stop.wait, listener=hints.HintListener())
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    polls_a_minute_apart = override_settings(SYNC_MIN_INTERVAL_S=60, SYNC_MAX_INTERVAL_S=60)
-    polls_a_minute_apart.enable()  # only a hint can explain the change arriving
-    thread.start()
-    try:
+    with loop_running(engine):
         hints.hints_add([fake_id(1)])
         assert in_tail.wait(10), "the first hint's tail never ran"
         row = restate.invocations[fake_id(2)]
         row |= {"status": "completed", "modified_at": row["modified_at"] + timedelta(seconds=1)}
         hints.hints_add([fake_id(2)])
-        t0 = time.monotonic()
-        while not Invocation.objects.filter(id=fake_id(2), status="completed").exists():
-            assert time.monotonic() - t0 < 1.0, "the hint waited for the tail"
-            time.sleep(0.02)
-    finally:
-        stop.set()
-        thread.join(10)
-        polls_a_minute_apart.disable()
+        arrives_within(fake_id(2), status="completed", seconds=1.0, what="the hint waited for the tail")
