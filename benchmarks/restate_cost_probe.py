@@ -45,7 +45,7 @@ def shapes(client: Any, query_batches: Any, pid: int, idle: float, *, rounds: in
 
     ids = [row["id"] for row in client.query("SELECT id FROM sys_invocation LIMIT 5")]
     columns = ", ".join(mapping.INVOCATION_COLUMNS)
-    recent = "TIMESTAMP '2999-01-01T00:00:00Z'"
+    recent = "TIMESTAMP '2200-01-01T00:00:00Z'"
     quiet = "status NOT IN ('completed', 'scheduled')"
     queries = {
         "SELECT 1 (the fixed cost)": "SELECT 1 AS one",
