@@ -218,9 +218,7 @@ class SyncLoop:
             report = self.engine.sync_hinted(tail=self.engine.hint_tail_due(overdue_s=TAIL_OVERDUE_S))
             self._hints_active = hints.hints_pending() or self.engine.hints_tail_pending()
         except TRANSIENT_ERRORS as exc:
-            log.warning("re-reading hinted invocations failed: %s", exc)
-            if isinstance(exc, DatabaseError | InterfaceError):
-                connection.close()  # this thread's connection: the next pass opens a fresh one
+            self._left_for_later("re-reading hinted invocations", exc)
             self._hints_active = False
             return None
         if report is not None and report.changed:
@@ -316,12 +314,16 @@ class SyncLoop:
         try:
             report = self.engine.sync_hint_tail()
         except TRANSIENT_ERRORS as exc:
-            log.warning("what follows hinted invocations failed: %s", exc)
-            if isinstance(exc, DatabaseError | InterfaceError):
-                connection.close()
+            self._left_for_later("what follows hinted invocations", exc)
             return
         if report is not None and (report.changed or report.callees or report.journal_entries):
             self._hinted_changes.set()
+
+    @staticmethod
+    def _left_for_later(what: str, exc: BaseException) -> None:
+        log.warning("%s failed: %s", what, exc)
+        if isinstance(exc, DatabaseError | InterfaceError):
+            connection.close()  # this thread's connection: the next try opens a fresh one
 
     def _check_lock_due(self) -> bool:
         now = time.monotonic()
